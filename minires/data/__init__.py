@@ -1,0 +1,56 @@
+"""Data for minires: an embedded data set, a CIFAR-10 reader, a procedural
+data set, and mini-batching with augmentation. Nothing here uses the network.
+
+    load_digits(split)            UCI handwritten digits, shipped in the package,
+                                  float32 (N, 1, 8, 8)
+    load_cifar10(data_dir, split) CIFAR-10 from a `cifar-10-batches-py` folder,
+                                  float32 (N, 3, 32, 32) in [0, 1] (or uint8)
+    make_procedural(n, seed)      any number of CIFAR-shaped images, float32
+    DataLoader(images, labels, batch_size, shuffle, seed, transform)
+    RandomCrop, RandomHorizontalFlip, Normalize, Compose, cifar_augment,
+    channel_stats                 batched augmentation and normalisation
+
+Labels are int64 (N,) everywhere.
+"""
+
+from .cifar import (
+    DataError,
+    DatasetFormatError,
+    DatasetNotFoundError,
+    load_cifar10,
+    load_cifar10_classes,
+)
+from .digits import load_digits
+from .loader import (
+    Compose,
+    DataLoader,
+    Normalize,
+    RandomCrop,
+    RandomHorizontalFlip,
+    channel_stats,
+    cifar_augment,
+    normalize,
+    random_crop,
+    random_horizontal_flip,
+)
+from .procedural import make_procedural
+
+__all__ = [
+    "Compose",
+    "DataError",
+    "DataLoader",
+    "DatasetFormatError",
+    "DatasetNotFoundError",
+    "Normalize",
+    "RandomCrop",
+    "RandomHorizontalFlip",
+    "channel_stats",
+    "cifar_augment",
+    "load_cifar10",
+    "load_cifar10_classes",
+    "load_digits",
+    "make_procedural",
+    "normalize",
+    "random_crop",
+    "random_horizontal_flip",
+]
