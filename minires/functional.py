@@ -1,0 +1,529 @@
+"""The network ops: convolution, BatchNorm, pooling, linear, loss.
+
+Spelled as in ``torch.nn.functional``. Each op is a Function whose forward and
+backward are array code shared by NumPy and CuPy; the steps the two devices do
+differently go through ``get_backend(x)`` (see minires/backends/__init__.py).
+
+Memory layout. Convolution computes its output as a (C_out, N*OH*OW) matrix:
+that is a channel-major (C, N, H, W) array, and it is returned as an NCHW
+*view* of that memory, with no copy. BatchNorm, ReLU, the residual add and the
+next convolution all read channel-major data directly, so the layout never has
+to be converted inside a network. A user sees ordinary (N, C, H, W) tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .autograd import Function, Tensor, as_tensor, flatten, relu
+from .backends import get_array_module, get_backend
+from .backends.numpy_backend import out_size
+
+Array = Any
+
+__all__ = [
+    "adaptive_avg_pool2d",
+    "avg_pool2d",
+    "batch_norm",
+    "conv2d",
+    "cross_entropy",
+    "flatten",
+    "linear",
+    "max_pool2d",
+    "relu",
+]
+
+
+# --------------------------------------------------------------------------
+# Argument checks: every message names the op, the argument, what was
+# expected and what was given.
+# --------------------------------------------------------------------------
+
+
+def _pair(op: str, name: str, value: int | Sequence[int], minimum: int) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) for v in pair):
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _check_ndim(op: str, name: str, x: Tensor, ndim: int, layout: str) -> None:
+    if x.ndim != ndim:
+        raise ValueError(f"{op}: {name} must be {ndim}-D {layout}, got shape {tuple(x.shape)}")
+
+
+def _check_float(op: str, name: str, x: Tensor) -> None:
+    if x.dtype.kind != "f":
+        raise TypeError(f"{op}: {name} must be a floating tensor, got dtype {x.dtype}")
+
+
+def _check_dtype(op: str, name: str, x: Tensor, ref: Tensor, ref_name: str = "input") -> None:
+    if x.dtype != ref.dtype:
+        raise TypeError(
+            f"{op}: {name} has dtype {x.dtype} but {ref_name} has dtype {ref.dtype}; "
+            f"they must match (convert with .to(np.{ref.dtype}))"
+        )
+
+
+def _check_vector(op: str, name: str, v: Any, length: int) -> None:
+    if v is not None and tuple(v.shape) != (length,):
+        raise ValueError(f"{op}: {name} must have shape ({length},), got {tuple(v.shape)}")
+
+
+# --------------------------------------------------------------------------
+# Layout helpers
+# --------------------------------------------------------------------------
+
+
+def to_channel_major(x: Array) -> Array:
+    """(N, C, ...) -> a C-contiguous (C, N, ...) array; free if already stored so."""
+    return get_array_module(x).ascontiguousarray(x.swapaxes(0, 1))
+
+
+def from_channel_major(a: Array) -> Array:
+    """(C, N, ...) -> the (N, C, ...) view of the same memory."""
+    return a.swapaxes(0, 1)
+
+
+def _is_channel_major(x: Array) -> bool:
+    return x.swapaxes(0, 1).flags.c_contiguous
+
+
+# --------------------------------------------------------------------------
+# conv2d
+# --------------------------------------------------------------------------
+
+
+class Conv2d(Function):
+    """y = conv(x, w) + b through im2col and one GEMM.
+
+    Shapes: x (N, C, H, W), w (F, C, kh, kw), b (F,), y (N, F, OH, OW).
+    Forward:   col = im2col(x)           (C*kh*kw, N*OH*OW)
+               y   = w.reshape(F, -1) @ col  (F, N*OH*OW), channel-major
+    Backward:  gw  = gy @ col.T          the same GEMM, transposed
+               gx  = col2im(w.T @ gy)    scatter each column back to its pixels
+               gb  = sum of gy over (N, OH, OW)
+    Only x is kept for backward, not col (kh*kw times larger): the column
+    matrix is rebuilt when the weight gradient needs it.
+    """
+
+    def __init__(self, stride: tuple[int, int], padding: tuple[int, int]):
+        self.stride, self.padding = stride, padding
+
+    def forward(self, x: Array, w: Array, b: Array | None = None) -> Array:
+        backend = get_backend(x)
+        N, C, H, W = x.shape
+        F, _, kh, kw = w.shape
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+        xc = to_channel_major(x)
+        col = backend.im2col(xc, kh, kw, sh, sw, ph, pw)
+        y = w.reshape(F, -1) @ col
+        if b is not None:
+            y += b[:, None]
+        self.xc, self.w, self.backend = xc, w, backend
+        return from_channel_major(y.reshape(F, N, OH, OW))
+
+    def backward(self, gy: Array) -> tuple[Array | None, ...]:
+        F, C, kh, kw = self.w.shape
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        gy2 = to_channel_major(gy).reshape(F, -1)
+        gx = gw = gb = None
+        if self.needs_input_grad[0]:
+            gcol = self.w.reshape(F, -1).T @ gy2
+            gxc = self.backend.col2im(gcol, self.xc.shape, kh, kw, sh, sw, ph, pw)
+            gx = from_channel_major(gxc)
+        if self.needs_input_grad[1]:
+            col = self.backend.im2col(self.xc, kh, kw, sh, sw, ph, pw)
+            gw = (gy2 @ col.T).reshape(self.w.shape)
+        if len(self.needs_input_grad) == 3 and self.needs_input_grad[2]:
+            gb = gy2.sum(axis=1)
+        return gx, gw, gb
+
+
+def conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+) -> Tensor:
+    """2-D convolution (cross-correlation, as in PyTorch).
+
+    Args:
+        input: (N, C_in, H, W).
+        weight: (C_out, C_in, kh, kw).
+        bias: (C_out,) or None.
+    Returns:
+        (N, C_out, OH, OW) with OH = (H + 2*padding - kh) // stride + 1.
+    """
+    op = "conv2d"
+    x, w = as_tensor(input), as_tensor(weight)
+    _check_ndim(op, "input", x, 4, "(N, C, H, W)")
+    _check_ndim(op, "weight", w, 4, "(C_out, C_in, kh, kw)")
+    _check_float(op, "input", x)
+    _check_dtype(op, "weight", w, x)
+    stride_ = _pair(op, "stride", stride, 1)
+    padding_ = _pair(op, "padding", padding, 0)
+    if w.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"conv2d: weight expects {w.shape[1]} input channels (weight shape "
+            f"{tuple(w.shape)}), but input has {x.shape[1]} (input shape {tuple(x.shape)})"
+        )
+    kh, kw = w.shape[2:]
+    H, W = x.shape[2:]
+    if kh > H + 2 * padding_[0] or kw > W + 2 * padding_[1]:
+        raise ValueError(
+            f"conv2d: kernel {kh}x{kw} is larger than the padded input "
+            f"{H + 2 * padding_[0]}x{W + 2 * padding_[1]} (input {H}x{W}, padding {padding_})"
+        )
+    if bias is None:
+        return Conv2d(stride_, padding_)(x, w)
+    b = as_tensor(bias)
+    _check_dtype(op, "bias", b, x)
+    _check_vector(op, "bias", b, w.shape[0])
+    return Conv2d(stride_, padding_)(x, w, b)
+
+
+# --------------------------------------------------------------------------
+# batch_norm
+# --------------------------------------------------------------------------
+
+
+class BatchNorm(Function):
+    """Per-channel normalisation of x (N, C, ...) with affine gamma, beta (C,).
+
+    Training: batch statistics, and the running statistics updated in place.
+    Evaluation: the running statistics, so y is an affine map of x.
+    """
+
+    def __init__(self, running_mean, running_var, training, momentum, eps, affine):
+        self.running_mean, self.running_var = running_mean, running_var
+        self.training, self.momentum, self.eps = training, momentum, eps
+        self.affine = affine
+
+    def forward(self, x: Array, gamma: Array, beta: Array) -> Array:
+        xp = get_array_module(x)
+        C = x.shape[1]
+        xc = to_channel_major(x)
+        x2 = xc.reshape(C, -1)
+        if self.training:
+            y2, self.xhat, self.inv_std = get_backend(x).batch_norm_forward(
+                x2, gamma, beta, self.eps, self.running_mean, self.running_var, self.momentum
+            )
+            self.backend = get_backend(x)
+        else:
+            self.inv_std = 1.0 / xp.sqrt(self.running_var + self.eps)
+            scale = gamma * self.inv_std
+            y2 = x2 * scale[:, None]
+            y2 += (beta - self.running_mean * scale)[:, None]
+            if self.affine and self.needs_input_grad[1]:
+                self.xhat = (x2 - self.running_mean[:, None]) * self.inv_std[:, None]
+        self.gamma = gamma
+        self.running_mean = self.running_var = None  # not needed by backward
+        return from_channel_major(y2.reshape(xc.shape))
+
+    def backward(self, gy: Array) -> tuple[Array | None, Array | None, Array | None]:
+        C = gy.shape[1]
+        gyc = to_channel_major(gy)
+        gy2 = gyc.reshape(C, -1)
+        if self.training:
+            gx2, ggamma, gbeta = self.backend.batch_norm_backward(
+                gy2, self.xhat, self.gamma, self.inv_std
+            )
+        else:
+            gx2 = gy2 * (self.gamma * self.inv_std)[:, None]
+            gbeta = gy2.sum(axis=1)
+            ggamma = (gy2 * self.xhat).sum(axis=1) if hasattr(self, "xhat") else None
+        gx = from_channel_major(gx2.reshape(gyc.shape))
+        if not self.affine:
+            return gx, None, None
+        return gx, ggamma, gbeta
+
+
+def batch_norm(
+    input: Tensor,
+    running_mean: Array | None,
+    running_var: Array | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Batch normalisation over the channel axis of (N, C), (N, C, L) or (N, C, H, W).
+
+    running_mean / running_var are plain arrays (C,), updated in place when
+    training (unbiased variance, as PyTorch). In evaluation they are used in
+    place of the batch statistics, and must be given.
+    """
+    op = "batch_norm"
+    x = as_tensor(input)
+    if not 2 <= x.ndim <= 4:
+        raise ValueError(f"{op}: input must be 2-D to 4-D (N, C, ...), got shape {x.shape}")
+    _check_float(op, "input", x)
+    C = x.shape[1]
+    xp = get_array_module(x.data)
+    for name, buf in (("running_mean", running_mean), ("running_var", running_var)):
+        if buf is not None:
+            if isinstance(buf, Tensor):
+                raise TypeError(f"{op}: {name} must be a plain array (a buffer), not a Tensor")
+            _check_vector(op, name, buf, C)
+            if buf.dtype != x.dtype:
+                raise TypeError(f"{op}: {name} has dtype {buf.dtype}, input has {x.dtype}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{op}: give both running_mean and running_var, or neither")
+    if not training and running_mean is None:
+        raise ValueError(f"{op}: evaluation mode needs running_mean and running_var")
+    if training and x.size // C <= 1:
+        raise ValueError(
+            f"{op}: expected more than 1 value per channel when training, got input shape "
+            f"{tuple(x.shape)}"
+        )
+    affine = weight is not None or bias is not None
+    gamma = as_tensor(weight) if weight is not None else Tensor(xp.ones(C, dtype=x.dtype))
+    beta = as_tensor(bias) if bias is not None else Tensor(xp.zeros(C, dtype=x.dtype))
+    for name, v in (("weight", gamma), ("bias", beta)):
+        _check_vector(op, name, v, C)
+        _check_dtype(op, name, v, x)
+    fn = BatchNorm(running_mean, running_var, training, float(momentum), float(eps), affine)
+    return fn(x, gamma, beta)
+
+
+# --------------------------------------------------------------------------
+# Pooling
+# --------------------------------------------------------------------------
+
+
+def _to_planes(x: Array) -> tuple[Array, bool]:
+    """(N, C, H, W) -> contiguous (P, H, W) planes, keeping the memory order."""
+    channel_major = _is_channel_major(x)
+    a = to_channel_major(x) if channel_major else get_array_module(x).ascontiguousarray(x)
+    return a.reshape(-1, *x.shape[2:]), channel_major
+
+
+def _from_planes(p: Array, n: int, c: int, channel_major: bool) -> Array:
+    if channel_major:
+        return from_channel_major(p.reshape(c, n, *p.shape[1:]))
+    return p.reshape(n, c, *p.shape[1:])
+
+
+class MaxPool2d(Function):
+    def __init__(self, kernel, stride, padding):
+        self.args = (*kernel, *stride, *padding)
+
+    def forward(self, x: Array) -> Array:
+        N, C = x.shape[:2]
+        planes, self.cm = _to_planes(x)
+        self.backend = get_backend(x)
+        y, self.argmax = self.backend.max_pool_forward(planes, *self.args)
+        self.plane_shape = planes.shape
+        return _from_planes(y, N, C, self.cm)
+
+    def backward(self, gy: Array) -> Array:
+        N, C = gy.shape[:2]
+        g = to_channel_major(gy) if self.cm else get_array_module(gy).ascontiguousarray(gy)
+        g = g.reshape(-1, *gy.shape[2:])
+        gx = self.backend.max_pool_backward(g, self.argmax, self.plane_shape, *self.args)
+        return _from_planes(gx, N, C, self.cm)
+
+
+class AvgPool2d(Function):
+    def __init__(self, kernel, stride, padding):
+        self.args = (*kernel, *stride, *padding)
+
+    def forward(self, x: Array) -> Array:
+        N, C = x.shape[:2]
+        planes, self.cm = _to_planes(x)
+        self.backend = get_backend(x)
+        self.plane_shape = planes.shape
+        return _from_planes(self.backend.avg_pool_forward(planes, *self.args), N, C, self.cm)
+
+    def backward(self, gy: Array) -> Array:
+        N, C = gy.shape[:2]
+        g = to_channel_major(gy) if self.cm else get_array_module(gy).ascontiguousarray(gy)
+        g = g.reshape(-1, *gy.shape[2:])
+        gx = self.backend.avg_pool_backward(g, self.plane_shape, *self.args)
+        return _from_planes(gx, N, C, self.cm)
+
+
+def _pool_args(op: str, x: Tensor, kernel_size, stride, padding):
+    _check_ndim(op, "input", x, 4, "(N, C, H, W)")
+    _check_float(op, "input", x)
+    k = _pair(op, "kernel_size", kernel_size, 1)
+    s = _pair(op, "stride", k if stride is None else stride, 1)
+    p = _pair(op, "padding", padding, 0)
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(
+            f"{op}: padding should be at most half the kernel size, got padding {p} "
+            f"for kernel_size {k}"
+        )
+    H, W = x.shape[2:]
+    if k[0] > H + 2 * p[0] or k[1] > W + 2 * p[1]:
+        raise ValueError(
+            f"{op}: kernel {k[0]}x{k[1]} is larger than the padded input "
+            f"{H + 2 * p[0]}x{W + 2 * p[1]}"
+        )
+    return k, s, p
+
+
+def max_pool2d(
+    input: Tensor,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0,
+) -> Tensor:
+    """Max over each window of (N, C, H, W); stride defaults to kernel_size.
+
+    The gradient goes to the first maximum of each window (ties are rare in
+    real data; tests keep inputs away from them).
+    """
+    x = as_tensor(input)
+    return MaxPool2d(*_pool_args("max_pool2d", x, kernel_size, stride, padding))(x)
+
+
+def avg_pool2d(
+    input: Tensor,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0,
+) -> Tensor:
+    """Mean over each window of (N, C, H, W); zero padding counts in the divisor."""
+    x = as_tensor(input)
+    return AvgPool2d(*_pool_args("avg_pool2d", x, kernel_size, stride, padding))(x)
+
+
+class GlobalAvgPool(Function):
+    """(N, C, H, W) -> (N, C, 1, 1), the mean over each plane."""
+
+    def forward(self, x: Array) -> Array:
+        self.shape = x.shape
+        return x.mean(axis=(2, 3), keepdims=True)
+
+    def backward(self, gy: Array) -> Array:
+        H, W = self.shape[2:]
+        xp = get_array_module(gy)
+        return xp.broadcast_to(gy / (H * W), self.shape).copy()
+
+
+def adaptive_avg_pool2d(input: Tensor, output_size: int | Sequence[int]) -> Tensor:
+    """Average-pool (N, C, H, W) down to (N, C, oh, ow).
+
+    output_size 1 is the global average pool of a ResNet head. Other sizes
+    must divide H and W, where the windows are then equal and disjoint.
+    """
+    op = "adaptive_avg_pool2d"
+    x = as_tensor(input)
+    _check_ndim(op, "input", x, 4, "(N, C, H, W)")
+    _check_float(op, "input", x)
+    oh, ow = _pair(op, "output_size", output_size, 1)
+    H, W = x.shape[2:]
+    if (oh, ow) == (1, 1):
+        return GlobalAvgPool()(x)
+    if H % oh or W % ow:
+        raise ValueError(
+            f"{op}: output_size {(oh, ow)} must divide the input size {(H, W)} "
+            f"(uneven adaptive windows are not implemented)"
+        )
+    k = (H // oh, W // ow)
+    return AvgPool2d(k, k, (0, 0))(x)
+
+
+# --------------------------------------------------------------------------
+# linear
+# --------------------------------------------------------------------------
+
+
+class Linear(Function):
+    """y = x @ w.T + b.  x (N, in), w (out, in), b (out,), y (N, out)."""
+
+    def forward(self, x: Array, w: Array, b: Array | None = None) -> Array:
+        self.x, self.w = x, w
+        y = x @ w.T
+        if b is not None:
+            y += b
+        return y
+
+    def backward(self, gy: Array) -> tuple[Array | None, ...]:
+        gx = gy @ self.w if self.needs_input_grad[0] else None
+        gw = gy.T @ self.x if self.needs_input_grad[1] else None
+        gb = None
+        if len(self.needs_input_grad) == 3 and self.needs_input_grad[2]:
+            gb = gy.sum(axis=0)
+        return gx, gw, gb
+
+
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Fully connected layer: (N, in) -> (N, out) with weight (out, in)."""
+    op = "linear"
+    x, w = as_tensor(input), as_tensor(weight)
+    _check_ndim(op, "input", x, 2, "(N, in_features)")
+    _check_ndim(op, "weight", w, 2, "(out_features, in_features)")
+    _check_float(op, "input", x)
+    _check_dtype(op, "weight", w, x)
+    if w.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"linear: weight expects {w.shape[1]} input features (weight shape "
+            f"{tuple(w.shape)}), but input has {x.shape[1]} (input shape {tuple(x.shape)})"
+        )
+    if bias is None:
+        return Linear()(x, w)
+    b = as_tensor(bias)
+    _check_dtype(op, "bias", b, x)
+    _check_vector(op, "bias", b, w.shape[0])
+    return Linear()(x, w, b)
+
+
+# --------------------------------------------------------------------------
+# cross_entropy
+# --------------------------------------------------------------------------
+
+
+class CrossEntropy(Function):
+    def __init__(self, labels: Array):
+        self.labels = labels
+
+    def forward(self, logits: Array) -> Array:
+        self.backend = get_backend(logits)
+        loss, self.probs = self.backend.cross_entropy_forward(logits, self.labels)
+        return loss
+
+    def backward(self, gloss: Array) -> Array:
+        return self.backend.cross_entropy_backward(self.probs, self.labels, gloss)
+
+
+def cross_entropy(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
+    """Softmax cross-entropy of logits (N, K) against integer labels (N,).
+
+    Computed with log-sum-exp, so logits of +-1e4 give a finite loss.
+    reduction: "mean" (default) or "sum" over the batch.
+    """
+    op = "cross_entropy"
+    logits = as_tensor(input)
+    _check_ndim(op, "input", logits, 2, "(N, num_classes)")
+    _check_float(op, "input", logits)
+    xp = get_array_module(logits.data)
+    labels = target.data if isinstance(target, Tensor) else target
+    labels = xp.asarray(labels)
+    N, K = logits.shape
+    if labels.ndim != 1 or labels.shape[0] != N:
+        raise ValueError(
+            f"{op}: target must be a 1-D array of {N} labels (one per row of input), "
+            f"got shape {tuple(labels.shape)}"
+        )
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{op}: target must hold integer class labels, got dtype {labels.dtype}")
+    if N and (int(labels.min()) < 0 or int(labels.max()) >= K):
+        raise ValueError(
+            f"{op}: target labels must be in [0, {K}), got values in "
+            f"[{int(labels.min())}, {int(labels.max())}]"
+        )
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"{op}: reduction must be 'mean' or 'sum', got {reduction!r}")
+    loss = CrossEntropy(labels.astype(xp.int64, copy=False))(logits)
+    return loss * N if reduction == "sum" else loss
