@@ -8,7 +8,7 @@
     y.sum().backward()
 """
 
-from . import functional
+from . import functional, nn
 from .autograd import (
     Config,
     Function,
@@ -20,6 +20,7 @@ from .autograd import (
     tensor,
 )
 from .gradcheck import GradcheckError, gradcheck
+from .nn.init import manual_seed
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,8 @@ __all__ = [
     "functional",
     "gradcheck",
     "is_grad_enabled",
+    "manual_seed",
+    "nn",
     "no_grad",
     "tensor",
 ]

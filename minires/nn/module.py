@@ -1,0 +1,307 @@
+"""Module: a container of parameters, buffers and sub-modules, as in PyTorch.
+
+Assigning a Parameter, a Module or (through ``register_buffer``) an array to
+an attribute registers it, so ``named_parameters()`` and ``state_dict()`` can
+walk the tree and produce dotted names such as ``layer1.0.conv1.weight``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from ..autograd import Parameter, Tensor
+from ..backends import get_array_module, is_cupy_array
+
+Array = Any
+
+
+class Module:
+    """Base class of every layer and model. Subclasses define ``forward``."""
+
+    training: bool
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    # -- registration -------------------------------------------------------
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(
+                f"{type(self).__name__}: call super().__init__() before assigning attributes"
+            )
+        if name in self._buffers and not isinstance(value, (Parameter, Module)):
+            self.register_buffer(name, value)  # e.g. `self.num_batches_tracked += 1`
+            return
+        for table in (self._parameters, self._buffers, self._modules):
+            table.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: look in the three tables.
+        for table in ("_parameters", "_buffers", "_modules"):
+            d = self.__dict__.get(table)
+            if d is not None and name in d:
+                return d[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def __delattr__(self, name: str) -> None:
+        for table in (self._parameters, self._buffers, self._modules):
+            if name in table:
+                del table[name]
+                return
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name: str, array: Array | None) -> None:
+        """A state array that is saved in state_dict but is not learned."""
+        if isinstance(array, Tensor):
+            raise TypeError(f"register_buffer: {name} must be a plain array, not a Tensor")
+        self.__dict__.pop(name, None)
+        self._buffers[name] = array
+
+    def add_module(self, name: str, module: Module | None) -> None:
+        self._modules[name] = module
+
+    # -- calling ------------------------------------------------------------
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    # -- walking the tree ---------------------------------------------------
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """Every module in the tree (self first), with its dotted name."""
+        stack: list[tuple[str, Module]] = [(prefix, self)]
+        seen: set[int] = set()
+        while stack:  # iterative: a ResNet-1202 is deep
+            name, module = stack.pop()
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            yield name, module
+            children = [
+                (f"{name}.{k}" if name else k, m)
+                for k, m in module._modules.items()
+                if m is not None
+            ]
+            stack.extend(reversed(children))
+
+    def modules(self) -> Iterator[Module]:
+        for _, m in self.named_modules():
+            yield m
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        for k, m in self._modules.items():
+            if m is not None:
+                yield k, m
+
+    def children(self) -> Iterator[Module]:
+        for _, m in self.named_children():
+            yield m
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        seen: set[int] = set()
+        for mname, module in self.named_modules(prefix):
+            for pname, p in module._parameters.items():
+                if p is not None and id(p) not in seen:
+                    seen.add(id(p))
+                    yield (f"{mname}.{pname}" if mname else pname), p
+
+    def parameters(self) -> Iterator[Parameter]:
+        for _, p in self.named_parameters():
+            yield p
+
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Array]]:
+        for mname, module in self.named_modules(prefix):
+            for bname, b in module._buffers.items():
+                if b is not None:
+                    yield (f"{mname}.{bname}" if mname else bname), b
+
+    def buffers(self) -> Iterator[Array]:
+        for _, b in self.named_buffers():
+            yield b
+
+    def num_parameters(self) -> int:
+        return int(sum(p.size for p in self.parameters()))
+
+    # -- modes --------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> Module:
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def requires_grad_(self, requires_grad: bool = True) -> Module:
+        for p in self.parameters():
+            p.requires_grad = requires_grad
+        return self
+
+    def apply(self, fn: Any) -> Module:
+        for m in self.modules():
+            fn(m)
+        return self
+
+    # -- state --------------------------------------------------------------
+
+    def state_dict(self) -> OrderedDict[str, Array]:
+        """Parameters and buffers by dotted name, as arrays (not copies).
+
+        Parameters come before buffers within each module, module by module,
+        in registration order: the order torchvision's models produce.
+        """
+        state: OrderedDict[str, Array] = OrderedDict()
+        for mname, module in self.named_modules():
+            dot = f"{mname}." if mname else ""
+            for pname, p in module._parameters.items():
+                if p is not None:
+                    state[dot + pname] = p.data
+            for bname, b in module._buffers.items():
+                if b is not None:
+                    state[dot + bname] = b
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
+        """Copy arrays into this module's parameters and buffers, in place.
+
+        Values may be NumPy or CuPy arrays (or Tensors); they are converted to
+        each target's device and dtype. With strict=True (the default), any
+        missing or unexpected key, and any shape mismatch, raises KeyError or
+        ValueError naming them, and nothing is changed.
+        """
+        targets: dict[str, tuple[Module, str, str]] = {}
+        for mname, module in self.named_modules():
+            dot = f"{mname}." if mname else ""
+            for pname, p in module._parameters.items():
+                if p is not None:
+                    targets[dot + pname] = (module, pname, "param")
+            for bname, b in module._buffers.items():
+                if b is not None:
+                    targets[dot + bname] = (module, bname, "buffer")
+        missing = [k for k in targets if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in targets]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append(f"missing keys: {_short(missing)}")
+            if unexpected:
+                parts.append(f"unexpected keys: {_short(unexpected)}")
+            raise KeyError(f"load_state_dict for {type(self).__name__}: " + "; ".join(parts))
+        mismatched = []
+        for key, (module, name, _) in targets.items():
+            if key in state_dict:
+                value = state_dict[key]
+                value = value.data if isinstance(value, Tensor) else value
+                current = _current(module, name)
+                if tuple(np.shape(value)) != tuple(current.shape):
+                    mismatched.append(
+                        f"{key}: expected shape {tuple(current.shape)}, "
+                        f"got {tuple(np.shape(value))}"
+                    )
+        if mismatched:
+            raise ValueError(
+                f"load_state_dict for {type(self).__name__}: shape mismatch for "
+                + "; ".join(mismatched[:10])
+                + (f" (and {len(mismatched) - 10} more)" if len(mismatched) > 10 else "")
+            )
+        for key, (module, name, _) in targets.items():
+            if key in state_dict:
+                value = state_dict[key]
+                value = value.data if isinstance(value, Tensor) else value
+                current = _current(module, name)
+                xp = get_array_module(current)
+                if is_cupy_array(value) and xp is np:
+                    value = value.get()
+                current[...] = xp.asarray(value, dtype=current.dtype)
+
+    # -- device and dtype ---------------------------------------------------
+
+    def to(self, target: Any) -> Module:
+        """Move to a device ("cpu" / "cuda") or cast floating state to a dtype.
+
+        Changes this module in place (as PyTorch's Module.to) and returns it.
+        Integer buffers such as num_batches_tracked keep their dtype.
+        """
+        if isinstance(target, str):
+            if target not in ("cpu", "cuda"):
+                raise ValueError(f"Module.to: expected 'cpu', 'cuda' or a dtype, got {target!r}")
+            from ..backends import cuda
+
+            convert = cuda().to_gpu if target == "cuda" else _to_cpu
+        else:
+            dtype = np.dtype(target)
+            if dtype.kind != "f":
+                raise TypeError(f"Module.to: expected a floating dtype, got {dtype}")
+
+            def convert(a: Array) -> Array:
+                return a.astype(dtype) if a.dtype.kind == "f" else a
+
+        for module in self.modules():
+            for p in module._parameters.values():
+                if p is not None:
+                    p.data = convert(p.data)
+                    if p.grad is not None:
+                        p.grad = convert(p.grad)
+            for name, b in list(module._buffers.items()):
+                if b is not None:
+                    module._buffers[name] = convert(b)
+        return self
+
+    def cuda(self) -> Module:
+        return self.to("cuda")
+
+    def cpu(self) -> Module:
+        return self.to("cpu")
+
+    def double(self) -> Module:
+        return self.to(np.float64)
+
+    def float(self) -> Module:
+        return self.to(np.float32)
+
+    # -- printing -----------------------------------------------------------
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"({k}): " + repr(m).replace("\n", "\n  ") for k, m in self.named_children()]
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not lines:
+            return head + ")"
+        return head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+def _current(module: Module, name: str) -> Array:
+    p = module._parameters.get(name)
+    return p.data if p is not None else module._buffers[name]
+
+
+def _to_cpu(a: Array) -> Array:
+    return a.get() if is_cupy_array(a) else a
+
+
+def _short(keys: list[str], limit: int = 10) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (and {len(keys) - limit} more)" if len(keys) > limit else "")
