@@ -48,6 +48,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _is_int(value: Any) -> bool:
+    """An integer (Python or NumPy), but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 class Optimizer:
     """What every optimiser shares: param groups, per-parameter state,
     zero_grad and (de)serialisation. Subclasses define `step` and `_validate`.
@@ -317,7 +322,7 @@ class StepLR(LRScheduler):
     def __init__(
         self, optimizer: Optimizer, step_size: int, gamma: float = 0.1, last_epoch: int = -1
     ) -> None:
-        if not isinstance(step_size, int) or step_size < 1:
+        if not _is_int(step_size) or step_size < 1:
             raise ValueError(f"StepLR: step_size must be an int >= 1, got {step_size!r}")
         _check_number("StepLR", "gamma", gamma, 0.0, strict=True)
         self.step_size = step_size
@@ -343,10 +348,8 @@ class MultiStepLR(LRScheduler):
         last_epoch: int = -1,
     ) -> None:
         milestones = list(milestones)
-        if any(not isinstance(m, int) for m in milestones) or milestones != sorted(milestones):
-            raise ValueError(
-                f"MultiStepLR: milestones must be increasing ints, got {milestones!r}"
-            )
+        if any(not _is_int(m) for m in milestones) or milestones != sorted(milestones):
+            raise ValueError(f"MultiStepLR: milestones must be increasing ints, got {milestones!r}")
         _check_number("MultiStepLR", "gamma", gamma, 0.0, strict=True)
         self.milestones = milestones
         self.gamma = gamma
@@ -367,7 +370,7 @@ class CosineAnnealingLR(LRScheduler):
     def __init__(
         self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0, last_epoch: int = -1
     ) -> None:
-        if not isinstance(T_max, int) or T_max < 1:
+        if not _is_int(T_max) or T_max < 1:
             raise ValueError(f"CosineAnnealingLR: T_max must be an int >= 1, got {T_max!r}")
         _check_number("CosineAnnealingLR", "eta_min", eta_min, 0.0)
         self.T_max = T_max
@@ -397,7 +400,7 @@ class _Warmup(LRScheduler):
         last_epoch: int = -1,
     ) -> None:
         name = type(self).__name__
-        if not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+        if not _is_int(warmup_epochs) or warmup_epochs < 0:
             raise ValueError(f"{name}: warmup_epochs must be an int >= 0, got {warmup_epochs!r}")
         _check_number(name, "start_factor", start_factor, 0.0)
         if start_factor > 1:

@@ -1,0 +1,430 @@
+"""Tests for minires.optim: SGD against hand-computed steps and against
+torch.optim.SGD, dtype discipline, param groups, checkpoints, LR schedules."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from minires.optim import (
+    SGD,
+    ConstantWarmup,
+    CosineAnnealingLR,
+    LinearWarmup,
+    MultiStepLR,
+    StepLR,
+)
+
+
+class Param:
+    """The smallest thing SGD accepts: .data and .grad."""
+
+    def __init__(self, data, grad=None):
+        self.data = np.asarray(data)
+        self.grad = None if grad is None else np.asarray(grad)
+
+
+def make_params(rng, shapes, dtype=np.float64):
+    return [Param(rng.standard_normal(s).astype(dtype)) for s in shapes]
+
+
+# --------------------------------------------------------------------------- #
+# SGD: the update rule, by hand
+# --------------------------------------------------------------------------- #
+
+
+def test_plain_sgd_step():
+    p = Param([1.0, 2.0], grad=[0.5, -1.0])
+    SGD([p], lr=0.1).step()
+    np.testing.assert_allclose(p.data, [1.0 - 0.05, 2.0 + 0.1], rtol=0, atol=1e-15)
+
+
+def test_momentum_two_steps():
+    p = Param([1.0], grad=[2.0])
+    opt = SGD([p], lr=0.1, momentum=0.9)
+    opt.step()  # b = g = 2      -> p = 1 - 0.2 = 0.8
+    assert p.data[0] == pytest.approx(0.8, abs=1e-15)
+    p.grad = np.array([1.0])
+    opt.step()  # b = 0.9*2 + 1 = 2.8 -> p = 0.8 - 0.28 = 0.52
+    assert p.data[0] == pytest.approx(0.52, abs=1e-15)
+    assert opt.state[0]["momentum_buffer"][0] == pytest.approx(2.8, abs=1e-15)
+
+
+def test_nesterov_weight_decay_dampening_by_hand():
+    p = Param([1.0], grad=[2.0])
+    opt = SGD([p], lr=0.1, momentum=0.5, weight_decay=0.1, nesterov=True)
+    opt.step()  # g = 2 + 0.1*1 = 2.1; b = 2.1; g = 2.1 + 0.5*2.1 = 3.15; p = 1 - 0.315
+    assert p.data[0] == pytest.approx(0.685, abs=1e-15)
+    q = Param([1.0], grad=[2.0])
+    opt = SGD([q], lr=1.0, momentum=0.5, dampening=0.5)
+    opt.step()  # first step: b = g (no dampening) = 2 -> q = -1
+    q.grad = np.array([2.0])
+    opt.step()  # b = 0.5*2 + 0.5*2 = 2 -> q = -3
+    assert q.data[0] == pytest.approx(-3.0, abs=1e-15)
+
+
+def test_update_is_in_place_and_grad_untouched():
+    p = Param(np.ones(3), grad=np.full(3, 2.0))
+    alias = p.data
+    grad_before = p.grad.copy()
+    SGD([p], lr=0.5, momentum=0.9, weight_decay=0.1).step()
+    assert p.data is alias
+    np.testing.assert_array_equal(alias, np.full(3, 1.0 - 0.5 * 2.1))
+    np.testing.assert_array_equal(p.grad, grad_before)
+
+
+def test_momentum_buffer_does_not_alias_grad():
+    p = Param(np.zeros(2), grad=np.ones(2))
+    opt = SGD([p], lr=1.0, momentum=0.9)
+    opt.step()
+    p.grad[...] = 100.0  # a caller reusing its grad array must not change the buffer
+    np.testing.assert_array_equal(opt.state[0]["momentum_buffer"], [1.0, 1.0])
+
+
+def test_none_grad_is_skipped_and_zero_grad():
+    a, b = Param([1.0], grad=[1.0]), Param([5.0])
+    opt = SGD([a, b], lr=1.0, momentum=0.9)
+    opt.step()
+    assert a.data[0] == 0.0 and b.data[0] == 5.0
+    assert 1 not in opt.state
+    opt.zero_grad()
+    assert a.grad is None and b.grad is None
+    a.grad = np.array([3.0])
+    opt.zero_grad(set_to_none=False)
+    np.testing.assert_array_equal(a.grad, [0.0])
+
+
+# --------------------------------------------------------------------------- #
+# dtype discipline (NumPy 2, NEP 50)
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("lr", [0.1, np.float64(0.1), np.float32(0.1)])
+def test_float32_stays_float32(lr):
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal(1000).astype(np.float32)
+    grads = [rng.standard_normal(1000).astype(np.float32) for _ in range(3)]
+    p = Param(data.copy())
+    opt = SGD([p], lr=lr, momentum=np.float64(0.9), weight_decay=np.float64(1e-4))
+    for g in grads:
+        p.grad = g
+        opt.step()
+    assert p.data.dtype == np.float32
+    assert opt.state[0]["momentum_buffer"].dtype == np.float32
+    # The same three steps in pure float32 arithmetic, bit for bit. Had any step
+    # gone through float64 (np.float64(0.1) * float32 array does, in NumPy 2),
+    # many of the 1000 entries would round differently.
+    f = np.float32
+    ref, buf = data.copy(), None
+    for g in grads:
+        d = g + f(1e-4) * ref
+        buf = d.copy() if buf is None else buf * f(0.9) + f(1.0) * d
+        ref = ref - f(0.1) * buf
+    np.testing.assert_array_equal(p.data, ref)
+
+
+def test_promotion_would_be_detected():
+    """The bit-exact comparison above can fail: a float64 step differs."""
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal(1000).astype(np.float32)
+    g = rng.standard_normal(1000).astype(np.float32)
+    via64 = (data - np.float64(0.1) * g).astype(np.float32)
+    pure32 = data - np.float32(0.1) * g
+    assert (via64 != pure32).any()
+
+
+def test_grad_dtype_or_shape_mismatch_raises():
+    p = Param(np.zeros(3, np.float32), grad=np.zeros(3, np.float64))
+    with pytest.raises(ValueError, match="float32.*float64"):
+        SGD([p], lr=0.1).step()
+    p.grad = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        SGD([p], lr=0.1).step()
+
+
+# --------------------------------------------------------------------------- #
+# Param groups and validation
+# --------------------------------------------------------------------------- #
+
+
+def test_param_groups_override_defaults():
+    w = Param([1.0], grad=[0.0])
+    bn = Param([1.0], grad=[0.0])
+    opt = SGD(
+        [{"params": [w]}, {"params": [bn], "weight_decay": 0.0, "lr": 0.5}],
+        lr=0.1,
+        weight_decay=0.5,
+    )
+    assert opt.param_groups[0]["weight_decay"] == 0.5
+    assert opt.param_groups[1]["weight_decay"] == 0.0
+    opt.step()
+    assert w.data[0] == pytest.approx(1.0 - 0.1 * 0.5)  # decayed
+    assert bn.data[0] == 1.0  # not decayed
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr": -0.1}, r"lr must be a number >= 0, got -0\.1"),
+        ({"lr": 0.1, "momentum": -0.5}, r"momentum must be a number >= 0, got -0\.5"),
+        ({"lr": 0.1, "weight_decay": -1e-4}, r"weight_decay must be .* got -0\.0001"),
+        ({"lr": 0.1, "nesterov": True}, r"nesterov=True needs momentum > 0.*momentum=0\.0"),
+        (
+            {"lr": 0.1, "nesterov": True, "momentum": 0.9, "dampening": 0.1},
+            r"dampening == 0.*dampening=0\.1",
+        ),
+        ({"lr": "0.1"}, r"lr must be a number"),
+    ],
+)
+def test_bad_hyperparameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SGD([Param([1.0])], **kwargs)
+
+
+def test_bad_params():
+    with pytest.raises(ValueError, match="empty parameter list"):
+        SGD([], lr=0.1)
+    with pytest.raises(TypeError, match=r"\.data and \.grad.*ndarray"):
+        SGD([np.zeros(3)], lr=0.1)
+    p = Param([1.0])
+    with pytest.raises(ValueError, match="more than once"):
+        SGD([{"params": [p]}, {"params": [p]}], lr=0.1)
+    with pytest.raises(TypeError, match="'params' key"):
+        SGD([{"weight_decay": 0.0}], lr=0.1)
+    with pytest.raises(ValueError, match="lr must be"):
+        SGD([{"params": [p], "lr": -1.0}], lr=0.1)
+
+
+# --------------------------------------------------------------------------- #
+# Checkpoints
+# --------------------------------------------------------------------------- #
+
+
+def run_steps(opt, params, grads):
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = g.copy()
+        opt.step()
+
+
+def test_state_dict_resume_is_bit_identical():
+    rng = np.random.default_rng(1)
+    shapes = [(3, 4), (5,)]
+    start = make_params(rng, shapes, np.float32)
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(6)]
+    kw = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3, "nesterov": True}
+
+    straight = [Param(p.data.copy()) for p in start]
+    opt = SGD(straight, **kw)
+    run_steps(opt, straight, grads)
+
+    first = [Param(p.data.copy()) for p in start]
+    opt1 = SGD(first, **kw)
+    run_steps(opt1, first, grads[:3])
+    saved = opt1.state_dict()
+    saved_values = [p.data.copy() for p in first]
+    run_steps(opt1, first, grads[3:4])  # later steps must not change `saved`
+    # A fresh process: new parameter objects holding the checkpointed values,
+    # an optimizer made with other hyperparameters, then load. The keys are
+    # strings, as after a round trip through a file format.
+    resumed = [Param(v) for v in saved_values]
+    opt_r = SGD(resumed, lr=0.5)
+    opt_r.load_state_dict(
+        {
+            "state": {str(k): v for k, v in saved["state"].items()},
+            "param_groups": saved["param_groups"],
+        }
+    )
+    assert opt_r.param_groups[0]["lr"] == 0.1 and opt_r.param_groups[0]["nesterov"] is True
+    run_steps(opt_r, resumed, grads[3:])
+    for a, b in zip(resumed, straight):
+        np.testing.assert_array_equal(a.data, b.data)
+        assert a.data.dtype == np.float32
+    assert opt_r.state[0]["momentum_buffer"].dtype == np.float32
+
+
+def test_state_dict_layout():
+    a, b = Param(np.zeros(2), grad=np.ones(2)), Param(np.zeros(3), grad=np.ones(3))
+    opt = SGD([{"params": [a]}, {"params": [b], "weight_decay": 0.0}], lr=0.1, momentum=0.9)
+    opt.step()
+    sd = opt.state_dict()
+    assert sd["param_groups"][0]["params"] == [0]
+    assert sd["param_groups"][1]["params"] == [1]
+    assert sd["param_groups"][1]["weight_decay"] == 0.0
+    assert set(sd["state"]) == {0, 1}
+    np.testing.assert_array_equal(sd["state"][1]["momentum_buffer"], np.ones(3))
+
+
+def test_load_state_dict_mismatch():
+    a, b = Param(np.zeros(2)), Param(np.zeros(3))
+    sd = SGD([a, b], lr=0.1).state_dict()
+    with pytest.raises(ValueError, match="state has 1 param groups, this optimizer has 2"):
+        SGD([{"params": [a]}, {"params": [b]}], lr=0.1).load_state_dict(sd)
+    with pytest.raises(ValueError, match="1 parameters here but 2"):
+        SGD([Param(np.zeros(2))], lr=0.1).load_state_dict(sd)
+    bad = {"state": {0: {"momentum_buffer": np.zeros(5)}}, "param_groups": sd["param_groups"]}
+    with pytest.raises(ValueError, match=r"shape \(5,\).*shape \(2,\)"):
+        SGD([a, b], lr=0.1).load_state_dict(bad)
+
+
+# --------------------------------------------------------------------------- #
+# Against PyTorch
+# --------------------------------------------------------------------------- #
+
+TORCH_CONFIGS = [
+    {"lr": 0.1},
+    {"lr": 0.05, "momentum": 0.9},
+    {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+    {"lr": 0.05, "momentum": 0.9, "nesterov": True},
+    {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-2},
+    {"lr": 0.2, "momentum": 0.5, "dampening": 0.3, "weight_decay": 1e-3},
+]
+
+
+@pytest.mark.parametrize("config", TORCH_CONFIGS)
+def test_matches_torch_sgd(config):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    shapes = [(4, 3, 3, 3), (4,), (10, 4)]
+    ours = make_params(rng, shapes)
+    theirs = [torch.tensor(p.data.copy(), requires_grad=True) for p in ours]
+    # Two groups, as a user turning weight decay off for biases would make.
+    opt = SGD([{"params": ours[:2]}, {"params": ours[2:], "weight_decay": 0.0}], **config)
+    topt = torch.optim.SGD(
+        [{"params": theirs[:2]}, {"params": theirs[2:], "weight_decay": 0.0}], **config
+    )
+    for _ in range(5):
+        for p, t in zip(ours, theirs):
+            g = rng.standard_normal(p.data.shape)
+            p.grad = g
+            t.grad = torch.tensor(g.copy())
+        opt.step()
+        topt.step()
+    for p, t in zip(ours, theirs):
+        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- #
+# LR schedules
+# --------------------------------------------------------------------------- #
+
+
+def lrs(sched, n):
+    """The rate of group 0 at counts 0..n-1 (construction sets count 0)."""
+    out = [sched.get_last_lr()[0]]
+    for _ in range(n - 1):
+        sched.step()
+        out.append(sched.optimizer.param_groups[0]["lr"])
+    return out
+
+
+def new_opt(lr=0.1):
+    return SGD([Param([0.0])], lr=lr, momentum=0.9)
+
+
+def test_step_lr():
+    got = lrs(StepLR(new_opt(), step_size=2, gamma=0.1), 6)
+    np.testing.assert_allclose(got, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-15)
+
+
+def test_multistep_lr_paper_schedule():
+    got = lrs(MultiStepLR(new_opt(), milestones=[2, 4], gamma=0.1), 6)
+    np.testing.assert_allclose(got, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-15)
+
+
+def test_cosine_lr():
+    got = lrs(CosineAnnealingLR(new_opt(), T_max=4, eta_min=0.001), 5)
+    c = 0.5 * (1 + math.sqrt(0.5))  # (1 + cos(pi/4)) / 2
+    want = [0.1, 0.001 + 0.099 * c, 0.001 + 0.099 * 0.5, 0.001 + 0.099 * (1 - c), 0.001]
+    np.testing.assert_allclose(got, want, rtol=1e-14)
+
+
+def test_linear_warmup_then_milestones():
+    opt = new_opt()
+    sched = LinearWarmup(MultiStepLR(opt, milestones=[5]), warmup_epochs=4, start_factor=0.2)
+    got = lrs(sched, 7)
+    # factor 0.2, 0.4, 0.6, 0.8, then 1; the milestone stays at absolute epoch 5
+    np.testing.assert_allclose(got, [0.02, 0.04, 0.06, 0.08, 0.1, 0.01, 0.01], rtol=1e-14)
+    assert sched.scheduler.last_epoch == 6
+
+
+def test_constant_warmup_resnet110():
+    sched = ConstantWarmup(new_opt(), warmup_epochs=2, start_factor=0.1)
+    np.testing.assert_allclose(lrs(sched, 4), [0.01, 0.01, 0.1, 0.1], rtol=1e-15)
+
+
+def test_schedule_per_group_base_lr():
+    opt = SGD([{"params": [Param([0.0])]}, {"params": [Param([0.0])], "lr": 1.0}], lr=0.1)
+    sched = StepLR(opt, step_size=1, gamma=0.5)
+    sched.step()
+    assert [g["lr"] for g in opt.param_groups] == [0.05, 0.5]
+    assert [g["initial_lr"] for g in opt.param_groups] == [0.1, 1.0]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda o: StepLR(o, 3, gamma=0.5),
+        lambda o: MultiStepLR(o, [2, 5]),
+        lambda o: CosineAnnealingLR(o, 7),
+        lambda o: LinearWarmup(CosineAnnealingLR(o, 7), warmup_epochs=3),
+    ],
+)
+def test_schedule_state_dict_resume(make):
+    straight = lrs(make(new_opt()), 9)
+    opt = new_opt()
+    sched = make(opt)
+    lrs(sched, 4)  # counts 0..3
+    saved_opt, saved_sched = opt.state_dict(), sched.state_dict()
+    opt2 = new_opt(lr=7.0)
+    sched2 = make(opt2)
+    opt2.load_state_dict(saved_opt)
+    sched2.load_state_dict(saved_sched)
+    rest = [opt2.param_groups[0]["lr"]]
+    for _ in range(5):
+        sched2.step()
+        rest.append(opt2.param_groups[0]["lr"])
+    assert rest == straight[3:]
+
+
+def test_schedule_validation():
+    with pytest.raises(ValueError, match="step_size must be an int >= 1, got 0"):
+        StepLR(new_opt(), 0)
+    with pytest.raises(ValueError, match=r"milestones must be increasing ints, got \[5, 2\]"):
+        MultiStepLR(new_opt(), [5, 2])
+    with pytest.raises(ValueError, match="T_max must be an int >= 1"):
+        CosineAnnealingLR(new_opt(), 0)
+    with pytest.raises(ValueError, match="start_factor must be <= 1"):
+        LinearWarmup(new_opt(), 3, start_factor=2.0)
+    with pytest.raises(TypeError, match="LRScheduler or an Optimizer"):
+        LinearWarmup("sgd", 3)
+
+
+def test_schedules_match_torch():
+    torch = pytest.importorskip("torch")
+
+    def torch_lrs(make, n):
+        t = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([t], lr=0.1, momentum=0.9)
+        sched = make(opt)
+        out = []
+        for _ in range(n):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    ts = torch.optim.lr_scheduler
+    pairs = [
+        (lambda o: StepLR(o, 3, 0.5), lambda o: ts.StepLR(o, 3, 0.5)),
+        (lambda o: MultiStepLR(o, [3, 7]), lambda o: ts.MultiStepLR(o, [3, 7])),
+        (lambda o: CosineAnnealingLR(o, 10, 1e-3), lambda o: ts.CosineAnnealingLR(o, 10, 1e-3)),
+        (
+            lambda o: LinearWarmup(o, 4, start_factor=0.25),
+            lambda o: ts.LinearLR(o, start_factor=0.25, total_iters=4),
+        ),
+    ]
+    for ours, theirs in pairs:
+        np.testing.assert_allclose(lrs(ours(new_opt()), 12), torch_lrs(theirs, 12), rtol=1e-12)
