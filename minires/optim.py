@@ -42,10 +42,28 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 
 def _is_number(value: Any) -> bool:
     """A real number (Python or NumPy), but not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _array_like(data: Any, value: Any) -> Any:
+    """A new array holding `value`, of the same kind (NumPy or CuPy) and dtype as `data`.
+
+    Used to load a saved buffer: a checkpoint written on one device may be
+    read on the other. (CuPy refuses implicit GPU<->CPU copies, hence `.get()`
+    and the explicit `cupy.array`.)
+    """
+    if not isinstance(value, np.ndarray) and hasattr(value, "get"):  # a CuPy array
+        value = value.get()
+    if isinstance(data, np.ndarray):
+        return np.array(value, dtype=data.dtype)
+    import cupy  # only reached when the parameters live on a GPU
+
+    return cupy.array(value, dtype=data.dtype)
 
 
 def _is_int(value: Any) -> bool:
@@ -165,9 +183,7 @@ class Optimizer:
                             f"{name}: {k} of parameter {i} has shape {tuple(v.shape)}, "
                             f"the parameter has shape {tuple(data.shape)}"
                         )
-                    buf = data.copy()  # same array module, dtype and shape
-                    buf[...] = v
-                    v = buf
+                    v = _array_like(data, v)
                 new_state[i][k] = v
         for saved, group in zip(groups, self.param_groups):
             hyper = {k: v for k, v in saved.items() if k != "params"}

@@ -257,6 +257,20 @@ def test_state_dict_layout():
     np.testing.assert_array_equal(sd["state"][1]["momentum_buffer"], np.ones(3))
 
 
+def test_loaded_buffers_are_new_arrays_of_the_param_dtype():
+    p = Param(np.zeros(3, np.float32), grad=np.ones(3, np.float32))
+    saved = {"momentum_buffer": np.array([1.0, 2.0, 3.0])}  # float64, e.g. from a file
+    sd = {"state": {0: saved}, "param_groups": SGD([p], lr=0.1).state_dict()["param_groups"]}
+    opt = SGD([p], lr=0.1, momentum=0.9)
+    opt.load_state_dict(sd)
+    buf = opt.state[0]["momentum_buffer"]
+    assert buf.dtype == np.float32 and buf is not saved["momentum_buffer"]
+    opt.step()  # b = 0.9 * [1, 2, 3] + 1
+    np.testing.assert_array_equal(saved["momentum_buffer"], [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(p.data, -0.1 * np.array([1.9, 2.8, 3.7]), rtol=1e-6)
+    assert p.data.dtype == np.float32
+
+
 def test_load_state_dict_mismatch():
     a, b = Param(np.zeros(2)), Param(np.zeros(3))
     sd = SGD([a, b], lr=0.1).state_dict()
