@@ -8,7 +8,7 @@
     y.sum().backward()
 """
 
-from . import functional, nn
+from . import functional, models, nn
 from .autograd import (
     Config,
     Function,
@@ -35,6 +35,7 @@ __all__ = [
     "gradcheck",
     "is_grad_enabled",
     "manual_seed",
+    "models",
     "nn",
     "no_grad",
     "tensor",
