@@ -260,7 +260,8 @@ def test_state_dict_layout():
 def test_loaded_buffers_are_new_arrays_of_the_param_dtype():
     p = Param(np.zeros(3, np.float32), grad=np.ones(3, np.float32))
     saved = {"momentum_buffer": np.array([1.0, 2.0, 3.0])}  # float64, e.g. from a file
-    sd = {"state": {0: saved}, "param_groups": SGD([p], lr=0.1).state_dict()["param_groups"]}
+    groups = SGD([p], lr=0.1, momentum=0.9).state_dict()["param_groups"]
+    sd = {"state": {0: saved}, "param_groups": groups}
     opt = SGD([p], lr=0.1, momentum=0.9)
     opt.load_state_dict(sd)
     buf = opt.state[0]["momentum_buffer"]
