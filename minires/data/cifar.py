@@ -121,7 +121,10 @@ def load_cifar10(
             "test" (test_batch, 10,000 images).
         dtype: np.float32 (default): pixel values divided by 255, in [0, 1];
             np.uint8: the raw bytes 0..255 (a quarter of the memory: 150 MB
-            instead of 600 MB for the training set).
+            instead of 600 MB for the training set). The loader's transforms
+            accept uint8 batches and `Normalize` returns float32, so a uint8
+            set can be kept in memory and converted a batch at a time; take
+            its `channel_stats` on the same uint8 images (0..255 scale).
 
     Returns:
         images: (N, 3, 32, 32) of `dtype`, channels in RGB order.
