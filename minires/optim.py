@@ -104,14 +104,16 @@ class Optimizer:
             )
         params = group["params"]
         params = [params] if hasattr(params, "grad") else list(params)
+        seen: set[int] = set()
         for p in params:
             if not (hasattr(p, "data") and hasattr(p, "grad")):
                 raise TypeError(
                     f"{name}: parameters must have .data and .grad attributes, "
                     f"got {type(p).__name__}"
                 )
-            if id(p) in self._index:
+            if id(p) in self._index or id(p) in seen:
                 raise ValueError(f"{name}: a parameter appears more than once")
+            seen.add(id(p))
         full = {**self.defaults, **group, "params": params}
         self._validate(full)
         for p in params:

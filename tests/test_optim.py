@@ -191,6 +191,8 @@ def test_bad_params():
     p = Param([1.0])
     with pytest.raises(ValueError, match="more than once"):
         SGD([{"params": [p]}, {"params": [p]}], lr=0.1)
+    with pytest.raises(ValueError, match="more than once"):
+        SGD([p, p], lr=0.1)
     with pytest.raises(TypeError, match="'params' key"):
         SGD([{"weight_decay": 0.0}], lr=0.1)
     with pytest.raises(ValueError, match="lr must be"):
