@@ -1,0 +1,151 @@
+"""Shared test setup: hypothesis profiles, a seeded generator, kink-free inputs.
+
+Hypothesis profiles (choose with HYPOTHESIS_PROFILE=<name>, default "ci"):
+    ci        few examples, derandomized: the whole suite stays fast and
+              every run draws the same cases
+    dev       more examples, random each run
+    thorough  many examples, for a long run before a release
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+settings.register_profile(
+    "ci",
+    max_examples=10,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "thorough", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A fresh generator with a fixed seed, so a failure reproduces exactly."""
+    return np.random.default_rng(12345)
+
+
+def kink_free(
+    rng: np.random.Generator,
+    shape: tuple[int, ...],
+    gap: float = 1e-3,
+    scale: float = 1.0,
+    dtype=np.float64,
+) -> np.ndarray:
+    """Random values that are pairwise distinct and far from 0, in random order.
+
+    Every value is at least ``gap`` away from 0 and from every other value, so
+    ReLU never sits on its kink and a max-pool window never holds a tie, even
+    after a finite-difference step (eps = 1e-6 is far below ``gap``). The
+    values are half-integers times a step, each jittered by at most a quarter
+    step, then shuffled: spacing >= step/2, distance from zero >= step/4.
+    """
+    n = math.prod(shape)
+    step = max(4.0 * scale / max(n, 1), 4.0 * gap)
+    k = rng.permutation(n) - n // 2 + 0.5
+    values = (k + rng.uniform(-0.25, 0.25, n)) * step
+    return values.reshape(shape).astype(dtype)
+
+
+def min_gap(a: np.ndarray) -> float:
+    """The smallest distance between two values of ``a``, or between one and 0."""
+    v = np.sort(np.append(np.asarray(a, dtype=np.float64).ravel(), 0.0))
+    return float(np.diff(v).min()) if v.size > 1 else math.inf
+
+
+# --------------------------------------------------------------------------
+# Hypothesis strategies for the geometry of conv and pooling cases
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConvCase:
+    N: int
+    C: int
+    F: int
+    H: int
+    W: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+    @property
+    def x_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def w_shape(self) -> tuple[int, int, int, int]:
+        return (self.F, self.C, *self.kernel)
+
+
+@st.composite
+def conv_cases(draw, max_n=3, max_c=3, max_hw=7, max_k=4, max_stride=3, max_pad=2) -> ConvCase:
+    """Any legal conv: odd sizes, stride > 1, padding, 1x1 and non-square kernels,
+    kernels larger than the stride, batch 1, one channel."""
+    kh, kw = draw(st.integers(1, max_k)), draw(st.integers(1, max_k))
+    ph, pw = draw(st.integers(0, max_pad)), draw(st.integers(0, max_pad))
+    H = draw(st.integers(max(1, kh - 2 * ph), max_hw))
+    W = draw(st.integers(max(1, kw - 2 * pw), max_hw))
+    return ConvCase(
+        N=draw(st.integers(1, max_n)),
+        C=draw(st.integers(1, max_c)),
+        F=draw(st.integers(1, max_c)),
+        H=H,
+        W=W,
+        kernel=(kh, kw),
+        stride=(draw(st.integers(1, max_stride)), draw(st.integers(1, max_stride))),
+        padding=(ph, pw),
+    )
+
+
+@st.composite
+def pool_cases(draw, max_n=3, max_c=3, max_hw=7, max_k=4, max_stride=3) -> ConvCase:
+    """Legal pooling windows: padding at most half the kernel (as PyTorch)."""
+    kh, kw = draw(st.integers(1, max_k)), draw(st.integers(1, max_k))
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    H = draw(st.integers(max(1, kh - 2 * ph), max_hw))
+    W = draw(st.integers(max(1, kw - 2 * pw), max_hw))
+    C = draw(st.integers(1, max_c))
+    return ConvCase(
+        N=draw(st.integers(1, max_n)),
+        C=C,
+        F=C,
+        H=H,
+        W=W,
+        kernel=(kh, kw),
+        stride=(draw(st.integers(1, max_stride)), draw(st.integers(1, max_stride))),
+        padding=(ph, pw),
+    )
+
+
+# Hand-picked corners that every conv/pool test runs as explicit examples.
+CONV_CORNERS = [
+    ConvCase(1, 1, 1, 7, 5, (3, 3), (2, 2), (1, 1)),  # odd sizes, stride 2, pad 1
+    ConvCase(2, 3, 2, 5, 5, (1, 1), (1, 1), (0, 0)),  # 1x1 kernel
+    ConvCase(1, 2, 3, 7, 6, (1, 1), (2, 2), (0, 0)),  # 1x1 kernel, stride 2 (shortcut B)
+    ConvCase(2, 1, 2, 6, 7, (3, 2), (1, 2), (1, 0)),  # non-square kernel and stride
+    ConvCase(3, 2, 1, 4, 4, (4, 4), (1, 1), (0, 0)),  # kernel = whole image
+    ConvCase(1, 3, 3, 3, 3, (3, 3), (1, 1), (2, 2)),  # padding larger than half kernel
+    ConvCase(2, 2, 2, 7, 7, (3, 3), (3, 3), (0, 0)),  # stride = kernel, leftover rows
+]
+POOL_CORNERS = [
+    ConvCase(1, 1, 1, 7, 7, (3, 3), (2, 2), (1, 1)),  # ResNet stem pool, odd input
+    ConvCase(2, 3, 3, 6, 6, (2, 2), (2, 2), (0, 0)),  # tiling windows
+    ConvCase(1, 2, 2, 5, 7, (3, 2), (1, 2), (1, 1)),  # non-square, overlapping
+    ConvCase(3, 1, 1, 4, 5, (4, 4), (1, 1), (2, 2)),  # kernel larger than stride, padded
+]
