@@ -413,7 +413,10 @@ def run_backward(root: Tensor, seed: Array, retain_graph: bool) -> None:
     order = itertools.count()  # tie-breaker so the heap never compares Functions
     heap: list[tuple[int, int, Function]] = []
     queued: set[int] = set()
-    given_to_leaves: set[int] = set()
+    # Memory already handed out as some tensor's .grad, by the id of the array
+    # that owns it: a view (Reshape and Transpose return views of gy) shares
+    # its base's memory, so the check follows .base to the owner.
+    handed_out: set[int] = {id(seed)}
 
     def push(fn: Function | None) -> None:
         if fn is not None and id(fn) not in queued:
@@ -425,14 +428,23 @@ def run_backward(root: Tensor, seed: Array, retain_graph: bool) -> None:
             queued.add(id(fn))
             heapq.heappush(heap, (-fn.generation, next(order), fn))
 
+    def own(g: Array) -> Array:
+        """g, or a copy if its memory is already another tensor's .grad."""
+        base = g
+        while getattr(base, "base", None) is not None:
+            base = base.base
+        if id(base) in handed_out:
+            return g.copy()
+        handed_out.add(id(base))
+        return g
+
     def store(t: Tensor, g: Array) -> None:
         """Keep g as t's gradient: leaves accumulate into .grad, others into grads."""
         if t.creator is None:
             # A leaf: accumulate into .grad out of place (never +=, since g may
             # be the very array another tensor also received, e.g. from Add).
             if t.grad is None:
-                t.grad = g.copy() if id(g) in given_to_leaves or g is seed else g
-                given_to_leaves.add(id(t.grad))
+                t.grad = own(g)
             else:
                 t.grad = t.grad + g
             return
@@ -451,7 +463,7 @@ def run_backward(root: Tensor, seed: Array, retain_graph: bool) -> None:
             out = ref()
             g = grads.pop(id(out), (None, None))[1] if out is not None else None
             if out is not None and out._retain_grad and g is not None:
-                out.grad = g if out.grad is None else out.grad + g
+                out.grad = own(g) if out.grad is None else out.grad + g
             if g is None:
                 g = get_array_module(seed).zeros(shape, dtype=dtype)
             gys.append(g)

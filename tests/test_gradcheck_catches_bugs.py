@@ -26,7 +26,7 @@ from minires.backends import numpy_backend
 
 
 def T(a) -> mr.Tensor:
-    return mr.Tensor(np.ascontiguousarray(a, dtype=np.float64), requires_grad=True)
+    return mr.Tensor(np.array(a, dtype=np.float64), requires_grad=True)
 
 
 # --------------------------------------------------------------------------

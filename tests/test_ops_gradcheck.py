@@ -28,7 +28,7 @@ seeds = st.integers(0, 2**32 - 1)
 
 
 def T(a) -> mr.Tensor:
-    return mr.Tensor(np.ascontiguousarray(a, dtype=np.float64), requires_grad=True)
+    return mr.Tensor(np.array(a, dtype=np.float64), requires_grad=True)
 
 
 def _with_corners(corners):
