@@ -1,0 +1,30 @@
+// ReLU forward and backward, elementwise over arrays of any shape (seen as
+// flat, C-contiguous runs of n values).
+//
+// Twin of relu_forward / relu_backward in minires/backends/numpy_backend.py.
+// See kernels/im2col.cu for a reading guide (kernels, grids, grid-stride
+// loops, templates).
+
+// y = max(x, 0), one thread per element. Written as "x < 0 ? 0 : x" so that
+// a NaN passes through (NaN < 0 is false), as np.maximum lets it through: a
+// diverging network should show NaN, not silently turn it into 0.
+template <typename T>
+__global__ void relu_forward(const T* __restrict__ x, T* __restrict__ y, int n)
+{
+    const int stride = blockDim.x * gridDim.x;
+    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += stride) {
+        y[idx] = x[idx] < T(0) ? T(0) : x[idx];
+    }
+}
+
+// gx = gy where y > 0, else 0. y > 0 exactly where x > 0, so the forward
+// output is all backward needs; at x == 0 the gradient is taken as 0.
+template <typename T>
+__global__ void relu_backward(const T* __restrict__ gy, const T* __restrict__ y,
+                              T* __restrict__ gx, int n)
+{
+    const int stride = blockDim.x * gridDim.x;
+    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += stride) {
+        gx[idx] = y[idx] > T(0) ? gy[idx] : T(0);
+    }
+}

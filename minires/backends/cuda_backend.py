@@ -1,0 +1,595 @@
+"""The CUDA backend: the device-specific steps of the ops, on an NVIDIA GPU.
+
+Every function of the contract in ``minires/backends/__init__.py`` is here,
+with the same name, arguments, shapes and dtypes as its twin in
+``numpy_backend.py``, on CuPy arrays. Each one allocates its outputs and
+launches kernels written in CUDA C, in ``kernels/*.cu`` (one family of ops
+per file), compiled at run time by NVRTC through ``cupy.RawModule``. The conv
+GEMM is not a kernel of ours: the ops call ``cupy.matmul`` (cuBLAS).
+
+The rules every launch here follows (each one is a classic way for a
+hand-written kernel to compute garbage without an error):
+
+* Arrays are made C-contiguous (``ascontiguousarray``) and their dtype is
+  checked: a kernel sees a bare pointer and trusts it.
+* Every scalar has an explicit NumPy type matching the kernel's parameter:
+  ``np.int32`` for ``int``, ``np.float32``/``np.float64`` for ``T``. CuPy
+  passes a Python ``int`` as 64 bits and a Python ``float`` as a C
+  ``double``; a kernel that declared ``int`` or ``float`` reads the wrong
+  bytes.
+* The grid is ceil(n / threads) blocks, capped at ``MAX_BLOCKS``; the
+  kernels' grid-stride loops cover whatever the cap leaves.
+* Sizes are ``int`` in the kernels: :func:`_check_size` refuses an array
+  whose flat indices would not fit in 31 bits.
+
+Kernels are compiled on first use, once per (GPU, .cu file), and cached.
+Importing this module needs no CuPy: it is imported lazily, and
+:func:`gpu_available` says whether a GPU can really be used here.
+
+Testing without a GPU. Two small seams, :func:`_cupy` (the array module) and
+:func:`_kernel` (the compiled kernel of a given name and dtype), let the CPU
+tests (``tests/test_cuda_kernels_cpu.py``) run this very file with NumPy
+arrays and the same kernels compiled for the CPU by a C++ compiler.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .numpy_backend import out_size
+
+# Threads per block of the elementwise kernels, and the most blocks a launch
+# asks for (a grid-stride loop covers the rest). 4096 blocks of 256 threads
+# is about four times what an H100 (132 SMs x 2048 threads) runs at once.
+THREADS = 256
+MAX_BLOCKS = 4096
+# Threads per block of the per-channel reductions in batch_norm.cu: a power
+# of two, at most BN_MAX_THREADS (the size of their shared arrays).
+REDUCE_THREADS = 256
+BN_MAX_THREADS = 256
+
+# The kernels of each .cu file (its stem) that cuda_backend launches. Each is
+# compiled for T = float and T = double. tests/test_cuda_kernels_cpu.py checks
+# this table against the __global__ functions found in the files.
+KERNELS: dict[str, tuple[str, ...]] = {
+    "im2col": ("im2col", "col2im"),
+    "batch_norm": (
+        "batch_norm_stats",
+        "batch_norm_apply",
+        "batch_norm_update_running",
+        "batch_norm_backward_reduce",
+        "batch_norm_backward_apply",
+    ),
+    "relu": ("relu_forward", "relu_backward"),
+    "pooling": ("max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward"),
+    "cross_entropy": ("cross_entropy_forward", "cross_entropy_backward"),
+}
+_FILE_OF = {name: stem for stem, names in KERNELS.items() for name in names}
+# The C type that T stands for, by NumPy dtype.
+C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+# Flat indices are C ints in the kernels. A grid-stride loop can step one
+# stride past the last element, so leave that much headroom below 2**31.
+_INDEX_LIMIT = 2**31 - 1 - MAX_BLOCKS * max(THREADS, REDUCE_THREADS)
+
+_CUPY_INSTALL_HINT = (
+    'install CuPy with `pip install "minires[gpu]"` (which installs cupy-cuda12x), or pick '
+    "the CuPy wheel that matches your CUDA major version: cupy-cuda12x for CUDA 12.x, "
+    "cupy-cuda13x for CUDA 13.x, cupy-cuda11x for CUDA 11.x (`nvidia-smi` shows the "
+    "highest CUDA version your driver supports)"
+)
+
+
+# --------------------------------------------------------------------------
+# Finding CuPy, the GPU and the kernels
+# --------------------------------------------------------------------------
+
+
+def _cupy() -> ModuleType:
+    """The ``cupy`` module, imported on first use (the CPU tests swap in NumPy)."""
+    import cupy
+
+    return cupy
+
+
+# A one-line kernel: if CuPy can compile it with NVRTC, launch it, pass it a
+# float scalar and read the result back, the GPU path works here.
+_PROBE_SOURCE = r"""
+extern "C" __global__ void minires_probe(float* out, float value)
+{
+    out[threadIdx.x] = value;
+}
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def _probe() -> str:
+    """Try the GPU once; '' when it works, else why it does not."""
+    try:
+        import cupy
+    except ImportError as e:
+        return f"CuPy is not installed ({e}): {_CUPY_INSTALL_HINT}."
+    except Exception as e:  # a broken install fails in many ways
+        return (
+            f"CuPy is installed but failed to import ({type(e).__name__}: {e}): "
+            f"{_CUPY_INSTALL_HINT}."
+        )
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        return (
+            f"CuPy imported, but the CUDA runtime found no usable GPU ({type(e).__name__}: {e}). "
+            "Is an NVIDIA driver installed (`nvidia-smi`)?"
+        )
+    if count == 0:
+        return "CuPy imported, but no CUDA device is visible (check CUDA_VISIBLE_DEVICES)."
+    try:
+        kernel = cupy.RawKernel(_PROBE_SOURCE, "minires_probe")
+        out = cupy.zeros(1, dtype=cupy.float32)
+        kernel((1,), (1,), (out, np.float32(2.5)))
+        value = float(out[0])  # copies back, so waits for the kernel
+    except Exception as e:
+        return (
+            f"CuPy sees {count} GPU(s) but could not compile and run a one-line kernel: "
+            "NVRTC or the CUDA runtime libraries are missing or do not match the driver "
+            f"(CuPy's wheel must match your CUDA major version; {_CUPY_INSTALL_HINT}). "
+            f"Original error: {type(e).__name__}: {e}"
+        )
+    if value != 2.5:
+        return f"A test kernel ran on the GPU but returned {value} instead of 2.5."
+    return ""
+
+
+def gpu_available() -> bool:
+    """True when CuPy imports, sees a GPU, and can compile and run a kernel on it.
+
+    ``import cupy`` alone proves little: it succeeds where the NVRTC library
+    is missing or does not match, and the failure then comes at the first
+    kernel. So this compiles and launches a one-line kernel, once per process.
+    """
+    return _probe() == ""
+
+
+def gpu_unavailable_reason() -> str:
+    """Why :func:`gpu_available` is False, with what to do about it ('' when it is True)."""
+    return _probe()
+
+
+def require_gpu() -> None:
+    """Raise ``RuntimeError`` explaining what is missing unless the GPU path works."""
+    reason = _probe()
+    if reason:
+        raise RuntimeError(f"minires cannot use the GPU: {reason}")
+
+
+def to_gpu(array: Any) -> Any:
+    """A CuPy copy of ``array`` on the current GPU (the array itself if it is one)."""
+    return _cupy().asarray(array)
+
+
+def to_cpu(array: Any) -> np.ndarray:
+    """A NumPy copy of ``array`` (the array itself if it already is NumPy)."""
+    if type(array).__module__.startswith("cupy"):
+        return array.get()
+    return np.asarray(array)
+
+
+def kernel_dir() -> Path:
+    """The folder holding the ``.cu`` files.
+
+    An installed wheel has them in ``minires/_kernels/`` (pyproject's
+    force-include); a source checkout has them in the repository's
+    ``kernels/``, next to the package.
+    """
+    here = Path(__file__).resolve()
+    for folder in (here.parents[1] / "_kernels", here.parents[2] / "kernels"):
+        if (folder / "im2col.cu").is_file():
+            return folder
+    raise FileNotFoundError(
+        f"minires's CUDA sources (*.cu) are neither in {here.parents[1] / '_kernels'} "
+        f"(installed package) nor in {here.parents[2] / 'kernels'} (source checkout)"
+    )
+
+
+@functools.cache
+def _module(device_id: int, stem: str) -> Any:
+    """``kernels/<stem>.cu`` as a ``cupy.RawModule``, one per (GPU, file).
+
+    ``name_expressions`` asks NVRTC to instantiate each template kernel for
+    float and double and to remember the (mangled) name of each, which
+    ``get_function("im2col<float>")`` then looks up. ``device_id`` is part of
+    the key because a compiled module belongs to one GPU.
+    """
+    source = (kernel_dir() / f"{stem}.cu").read_text()
+    names = [f"{k}<{t}>" for k in KERNELS[stem] for t in C_TYPES.values()]
+    return _cupy().RawModule(code=source, name_expressions=names)
+
+
+@functools.cache
+def _function(device_id: int, stem: str, expression: str) -> Any:
+    return _module(device_id, stem).get_function(expression)
+
+
+def _kernel(name: str, dtype: np.dtype) -> Any:
+    """The compiled kernel ``name<T>`` with T the C type of ``dtype``, on the current GPU.
+
+    Called as ``kernel(grid, block, args)``: grid and block are tuples
+    (blocks, threads per block); args holds arrays and NumPy scalars, in the
+    order of the kernel's parameters.
+    """
+    device_id = _cupy().cuda.Device().id
+    return _function(device_id, _FILE_OF[name], f"{name}<{C_TYPES[np.dtype(dtype)]}>")
+
+
+# --------------------------------------------------------------------------
+# Launch helpers
+# --------------------------------------------------------------------------
+
+
+def _float_array(a: Any, what: str, dtype: np.dtype | None = None) -> Any:
+    """``a`` as a C-contiguous float32/float64 array on the GPU (``dtype`` if given)."""
+    cp = _cupy()
+    if not isinstance(a, cp.ndarray):
+        raise TypeError(
+            f"{what} must be a {cp.__name__} array (the CUDA backend), got {type(a).__name__}; "
+            "move it with minires.backends.cuda_backend.to_gpu"
+        )
+    if a.dtype not in C_TYPES:
+        raise TypeError(f"{what} must be float32 or float64, got {a.dtype}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{what} is {a.dtype} but the other inputs are {dtype}")
+    return cp.ascontiguousarray(a)
+
+
+def _ints(*values: int) -> tuple[np.int32, ...]:
+    """Sizes as the C ``int`` the kernels declare."""
+    return tuple(np.int32(v) for v in values)
+
+
+def _check_size(n: int) -> None:
+    if n > _INDEX_LIMIT:
+        raise ValueError(
+            f"an array of {n} elements is too large for the kernels' 32-bit indices; "
+            "split the batch into smaller ones"
+        )
+
+
+def _launch(name: str, dtype: np.dtype, n: int, args: tuple) -> None:
+    """Launch an elementwise kernel: one thread per item, n items, grid-stride."""
+    if n == 0:
+        return  # CUDA refuses a launch of zero blocks; there is nothing to do
+    _check_size(n)
+    blocks = min((n + THREADS - 1) // THREADS, MAX_BLOCKS)  # ceiling division
+    _kernel(name, dtype)((blocks,), (THREADS,), args)
+
+
+def _launch_per_channel(name: str, dtype: np.dtype, C: int, M: int, args: tuple) -> None:
+    """Launch a per-channel reduction: one block of REDUCE_THREADS per channel."""
+    if C == 0:
+        return
+    threads = REDUCE_THREADS
+    if threads > BN_MAX_THREADS or threads & (threads - 1):
+        raise ValueError(f"REDUCE_THREADS must be a power of two <= {BN_MAX_THREADS}")
+    _check_size(C * M)
+    _kernel(name, dtype)((min(C, MAX_BLOCKS),), (threads,), args)
+
+
+# --------------------------------------------------------------------------
+# im2col / col2im
+# --------------------------------------------------------------------------
+
+
+def im2col(x: Any, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int) -> Any:
+    """(C, N, H, W) -> (C*kh*kw, N*OH*OW): one column per output pixel.
+
+    Row (c, i, j) holds x[c, n, oh*sh + i - ph, ow*sw + j - pw] for every
+    output pixel (n, oh, ow), 0 outside the image. One thread per entry.
+    """
+    cp = _cupy()
+    x = _float_array(x, "im2col: x")
+    C, N, H, W = x.shape
+    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    col = cp.empty((C * kh * kw, N * OH * OW), dtype=x.dtype)
+    geometry = _ints(C, N, H, W, kh, kw, sh, sw, ph, pw, OH, OW)
+    _launch("im2col", x.dtype, col.size, (x, col, *geometry))
+    return col
+
+
+def col2im(
+    col: Any,
+    x_shape: tuple[int, int, int, int],
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+) -> Any:
+    """(C*kh*kw, N*OH*OW) -> (C, N, H, W), the adjoint of :func:`im2col`.
+
+    One thread per input pixel sums the column entries copied from it (a
+    gather: deterministic, no atomics).
+    """
+    cp = _cupy()
+    col = _float_array(col, "col2im: col")
+    C, N, H, W = x_shape
+    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    if col.shape != (C * kh * kw, N * OH * OW):
+        raise ValueError(
+            f"col2im: col has shape {col.shape}, expected {(C * kh * kw, N * OH * OW)} "
+            f"for x_shape {tuple(x_shape)}"
+        )
+    x = cp.empty((C, N, H, W), dtype=col.dtype)
+    geometry = _ints(C, N, H, W, kh, kw, sh, sw, ph, pw, OH, OW)
+    _check_size(col.size)
+    _launch("col2im", col.dtype, x.size, (col, x, *geometry))
+    return x
+
+
+# --------------------------------------------------------------------------
+# BatchNorm over a channel-major (C, M) matrix
+# --------------------------------------------------------------------------
+
+
+def batch_norm_forward(
+    x: Any,
+    gamma: Any,
+    beta: Any,
+    eps: float,
+    running_mean: Any | None,
+    running_var: Any | None,
+    momentum: float,
+) -> tuple[Any, Any, Any]:
+    """Normalise each row of x (C, M) with its own mean and variance.
+
+    Returns (y, xhat, inv_std): y and xhat (C, M), inv_std (C,). When
+    running_mean is given, running_mean and running_var (C,) are updated in
+    place with the unbiased batch variance. Three launches: per-channel
+    statistics, the elementwise normalisation, the running-stat update.
+    """
+    cp = _cupy()
+    x = _float_array(x, "batch_norm_forward: x")
+    T = x.dtype
+    gamma = _float_array(gamma, "batch_norm_forward: gamma", T)
+    beta = _float_array(beta, "batch_norm_forward: beta", T)
+    C, M = x.shape
+    mean = cp.empty(C, dtype=T)
+    var = cp.empty(C, dtype=T)
+    inv_std = cp.empty(C, dtype=T)
+    _launch_per_channel(
+        "batch_norm_stats", T, C, M, (x, mean, var, inv_std, *_ints(C, M), T.type(eps))
+    )
+    y = cp.empty((C, M), dtype=T)
+    xhat = cp.empty((C, M), dtype=T)
+    _launch("batch_norm_apply", T, C * M, (x, mean, inv_std, gamma, beta, y, xhat, *_ints(C, M)))
+    if running_mean is not None:
+        # Updated in place, so they must be usable as they are: a contiguous
+        # copy would receive the update and be thrown away.
+        for name, r in (("running_mean", running_mean), ("running_var", running_var)):
+            _float_array(r, f"batch_norm_forward: {name}", T)
+            if not r.flags.c_contiguous:
+                raise ValueError(f"batch_norm_forward: {name} must be C-contiguous")
+        _launch(
+            "batch_norm_update_running",
+            T,
+            C,
+            (mean, var, running_mean, running_var, *_ints(C, M), T.type(momentum)),
+        )
+    return y, xhat, inv_std
+
+
+def batch_norm_backward(gy: Any, xhat: Any, gamma: Any, inv_std: Any) -> tuple[Any, Any, Any]:
+    """Gradients of y = gamma * xhat + beta, xhat = (x - mean(x)) * inv_std.
+
+    gy, xhat (C, M) -> (gx (C, M), ggamma (C,), gbeta (C,)), with
+        gbeta  = sum(gy),  ggamma = sum(gy * xhat),
+        gx     = gamma * inv_std * (gy - gbeta/M - xhat * ggamma/M).
+    Two launches: the per-channel sums, then the elementwise formula.
+    """
+    cp = _cupy()
+    gy = _float_array(gy, "batch_norm_backward: gy")
+    T = gy.dtype
+    xhat = _float_array(xhat, "batch_norm_backward: xhat", T)
+    gamma = _float_array(gamma, "batch_norm_backward: gamma", T)
+    inv_std = _float_array(inv_std, "batch_norm_backward: inv_std", T)
+    C, M = gy.shape
+    gbeta = cp.empty(C, dtype=T)
+    ggamma = cp.empty(C, dtype=T)
+    _launch_per_channel(
+        "batch_norm_backward_reduce", T, C, M, (gy, xhat, gbeta, ggamma, *_ints(C, M))
+    )
+    gx = cp.empty((C, M), dtype=T)
+    _launch(
+        "batch_norm_backward_apply",
+        T,
+        C * M,
+        (gy, xhat, gamma, inv_std, gbeta, ggamma, gx, *_ints(C, M)),
+    )
+    return gx, ggamma, gbeta
+
+
+# --------------------------------------------------------------------------
+# ReLU
+# --------------------------------------------------------------------------
+
+
+def relu_forward(x: Any) -> Any:
+    """y = max(x, 0), any shape."""
+    cp = _cupy()
+    shape = getattr(x, "shape", ())  # before ascontiguousarray, which makes 0-d arrays 1-d
+    x = _float_array(x, "relu_forward: x")
+    y = cp.empty(shape, dtype=x.dtype)
+    _launch("relu_forward", x.dtype, y.size, (x, y, *_ints(y.size)))
+    return y
+
+
+def relu_backward(gy: Any, y: Any) -> Any:
+    """gx = gy where y > 0, else 0."""
+    cp = _cupy()
+    shape = getattr(gy, "shape", ())
+    gy = _float_array(gy, "relu_backward: gy")
+    y = _float_array(y, "relu_backward: y", gy.dtype)
+    if y.size != gy.size:
+        raise ValueError(f"relu_backward: gy has shape {shape}, y has shape {y.shape}")
+    gx = cp.empty(shape, dtype=gy.dtype)
+    _launch("relu_backward", gy.dtype, gx.size, (gy, y, gx, *_ints(gx.size)))
+    return gx
+
+
+# --------------------------------------------------------------------------
+# Pooling over (P, H, W) planes
+# --------------------------------------------------------------------------
+
+
+def max_pool_forward(
+    x: Any, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int
+) -> tuple[Any, Any]:
+    """(P, H, W) -> (y (P, OH, OW), argmax int32 (P, OH, OW)).
+
+    argmax is the offset i*kw + j of each window's first maximum; padding
+    is -inf. One thread per output pixel.
+    """
+    cp = _cupy()
+    x = _float_array(x, "max_pool_forward: x")
+    P, H, W = x.shape
+    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    y = cp.empty((P, OH, OW), dtype=x.dtype)
+    argmax = cp.empty((P, OH, OW), dtype=np.int32)
+    geometry = _ints(P, H, W, kh, kw, sh, sw, ph, pw, OH, OW)
+    _check_size(x.size)
+    _launch("max_pool_forward", x.dtype, y.size, (x, y, argmax, *geometry))
+    return y, argmax
+
+
+def max_pool_backward(
+    gy: Any,
+    argmax: Any,
+    x_shape: tuple[int, int, int],
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+) -> Any:
+    """gy (P, OH, OW) -> gx (P, H, W): each window's gradient goes to its argmax.
+
+    One thread per input pixel gathers from the windows that contain it.
+    """
+    cp = _cupy()
+    gy = _float_array(gy, "max_pool_backward: gy")
+    if argmax.dtype != np.int32 or argmax.shape != gy.shape:
+        raise TypeError(
+            f"max_pool_backward: argmax must be int32 of shape {gy.shape} (from "
+            f"max_pool_forward), got {argmax.dtype} {argmax.shape}"
+        )
+    argmax = cp.ascontiguousarray(argmax)
+    P, H, W = x_shape
+    OH, OW = gy.shape[1:]
+    gx = cp.empty((P, H, W), dtype=gy.dtype)
+    geometry = _ints(P, H, W, kh, kw, sh, sw, ph, pw, OH, OW)
+    _check_size(gy.size)
+    _launch("max_pool_backward", gy.dtype, gx.size, (gy, argmax, gx, *geometry))
+    return gx
+
+
+def avg_pool_forward(x: Any, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int) -> Any:
+    """(P, H, W) -> (P, OH, OW) window means; padding counts in the divisor."""
+    cp = _cupy()
+    x = _float_array(x, "avg_pool_forward: x")
+    P, H, W = x.shape
+    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    y = cp.empty((P, OH, OW), dtype=x.dtype)
+    geometry = _ints(P, H, W, kh, kw, sh, sw, ph, pw, OH, OW)
+    _check_size(x.size)
+    _launch("avg_pool_forward", x.dtype, y.size, (x, y, *geometry))
+    return y
+
+
+def avg_pool_backward(
+    gy: Any,
+    x_shape: tuple[int, int, int],
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+) -> Any:
+    """gy (P, OH, OW) -> gx (P, H, W): each window spreads gy / (kh*kw) over its pixels."""
+    cp = _cupy()
+    gy = _float_array(gy, "avg_pool_backward: gy")
+    P, H, W = x_shape
+    OH, OW = gy.shape[1:]
+    gx = cp.empty((P, H, W), dtype=gy.dtype)
+    geometry = _ints(P, H, W, kh, kw, sh, sw, ph, pw, OH, OW)
+    _check_size(gy.size)
+    _launch("avg_pool_backward", gy.dtype, gx.size, (gy, gx, *geometry))
+    return gx
+
+
+# --------------------------------------------------------------------------
+# Softmax cross-entropy
+# --------------------------------------------------------------------------
+
+
+def _labels(labels: Any, N: int) -> Any:
+    """labels as the contiguous int64 (C ``long long``) array of N entries the kernels read."""
+    cp = _cupy()
+    if not isinstance(labels, cp.ndarray) or labels.dtype.kind not in "iu":
+        raise TypeError(
+            f"labels must be an integer {cp.__name__} array, got {type(labels).__name__}"
+            f" of dtype {getattr(labels, 'dtype', None)}"
+        )
+    if labels.shape != (N,):
+        raise ValueError(f"labels must have shape ({N},), got {labels.shape}")
+    return cp.ascontiguousarray(labels, dtype=np.int64)
+
+
+def cross_entropy_forward(logits: Any, labels: Any) -> tuple[Any, Any]:
+    """logits (N, K), labels (N,) -> (loss 0-d, probs (N, K) softmax).
+
+    loss is the mean over rows of -log softmax(logits)[n, labels[n]], by
+    log-sum-exp. One thread per row writes the row's probabilities and loss;
+    CuPy's mean finishes the reduction over rows. A label outside [0, K)
+    makes the loss NaN (the kernel never indexes with it).
+    """
+    cp = _cupy()
+    logits = _float_array(logits, "cross_entropy_forward: logits")
+    N, K = logits.shape
+    labels = _labels(labels, N)
+    probs = cp.empty((N, K), dtype=logits.dtype)
+    row_loss = cp.empty(N, dtype=logits.dtype)
+    _check_size(logits.size)
+    _launch(
+        "cross_entropy_forward", logits.dtype, N, (logits, labels, probs, row_loss, *_ints(N, K))
+    )
+    # .mean() is a 0-d array on CuPy (a scalar on NumPy, hence asarray).
+    loss = cp.asarray(row_loss.mean(), dtype=logits.dtype)
+    return loss, probs
+
+
+def cross_entropy_backward(probs: Any, labels: Any, gloss: Any) -> Any:
+    """glogits = (probs - onehot(labels)) * gloss / N, shape (N, K).
+
+    gloss (the gradient of the mean loss, 0-d) stays on the GPU: the kernel
+    reads it from memory, so the host never waits for its value.
+    """
+    cp = _cupy()
+    probs = _float_array(probs, "cross_entropy_backward: probs")
+    N, K = probs.shape
+    labels = _labels(labels, N)
+    gloss = cp.asarray(gloss, dtype=probs.dtype).reshape(1)
+    glogits = cp.empty((N, K), dtype=probs.dtype)
+    _launch(
+        "cross_entropy_backward",
+        probs.dtype,
+        probs.size,
+        (probs, labels, gloss, glogits, *_ints(N, K)),
+    )
+    return glogits

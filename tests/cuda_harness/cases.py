@@ -1,0 +1,217 @@
+"""cuda_backend vs numpy_backend, function by function, on any device.
+
+The same checks serve two test files: tests/test_cuda_kernels_cpu.py runs
+them with cuda_backend on the CPU (NumPy arrays, kernels built by the C++
+harness), tests/test_cuda_backend_gpu.py with CuPy arrays on a GPU. A
+:class:`Device` says how arrays go to and from the device under test.
+
+Each check builds its inputs with NumPy, computes the expected outputs with
+numpy_backend, runs cuda_backend on device copies, and asserts:
+* same shapes and dtypes as numpy_backend;
+* values equal within a tolerance of the dtype (float64 to ~1e-12, float32
+  to ~1e-5 relative; integer outputs such as argmax exactly);
+* the inputs are left unchanged (only the documented in-place running
+  statistics of BatchNorm may change, and they must match NumPy's update).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from hypothesis import assume
+from hypothesis import strategies as st
+
+from minires.backends import numpy_backend as nb
+
+DTYPES = (np.float32, np.float64)
+
+
+@dataclass
+class Device:
+    """How to move arrays to and from the device that cuda_backend runs on."""
+
+    to_device: Callable[[np.ndarray], Any]
+    to_host: Callable[[Any], np.ndarray]
+
+
+def tolerance(dtype: Any) -> tuple[float, float]:
+    """(rtol, atol) for comparing with numpy_backend; atol is scaled by the data."""
+    return (1e-5, 1e-5) if np.dtype(dtype) == np.float32 else (1e-12, 1e-12)
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    if expected.dtype.kind in "iu":
+        np.testing.assert_array_equal(actual, expected, err_msg=what)
+        return
+    rtol, atol = tolerance(expected.dtype)
+    finite = np.abs(expected[np.isfinite(expected)])
+    scale = max(1.0, float(finite.max())) if finite.size else 1.0
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale, err_msg=what)
+
+
+class BackendChecks:
+    """The checks, run against one cuda_backend module on one device."""
+
+    def __init__(self, cuda_backend: Any, device: Device):
+        self.cb, self.dev = cuda_backend, device
+
+    # -- helpers -----------------------------------------------------------
+
+    def _run(self, fn: Callable, *host_args: Any) -> tuple[Any, list[Any]]:
+        """Run fn on device copies of the array arguments; check they are unchanged."""
+        dev_args = [self.dev.to_device(a) if isinstance(a, np.ndarray) else a for a in host_args]
+        out = fn(*dev_args)
+        for i, (h, d) in enumerate(zip(host_args, dev_args)):
+            if isinstance(h, np.ndarray):
+                np.testing.assert_array_equal(
+                    self.dev.to_host(d), h, err_msg=f"{fn.__name__} changed input {i}"
+                )
+        return out, dev_args
+
+    def _host(self, a: Any) -> np.ndarray:
+        return np.asarray(self.dev.to_host(a))
+
+    # -- the checks ----------------------------------------------------------
+
+    def im2col(self, rng: np.random.Generator, dtype: Any, C, N, H, W, kh, kw, sh, sw, ph, pw):
+        x = rng.standard_normal((C, N, H, W)).astype(dtype)
+        geometry = (kh, kw, sh, sw, ph, pw)
+        expected = nb.im2col(x, *geometry)
+        col, _ = self._run(self.cb.im2col, x, *geometry)
+        assert_close(self._host(col), expected, "im2col")
+
+        gcol = rng.standard_normal(expected.shape).astype(dtype)
+        expected_gx = nb.col2im(gcol, x.shape, *geometry)
+        gx, _ = self._run(self.cb.col2im, gcol, x.shape, *geometry)
+        assert_close(self._host(gx), expected_gx, "col2im")
+
+    def batch_norm(
+        self,
+        rng: np.random.Generator,
+        dtype: Any,
+        C: int,
+        M: int,
+        running: bool,
+        momentum: float = 0.1,
+        eps: float = 1e-5,
+    ):
+        # Off-centre, scaled data and gamma far from 1 (a test with gamma = 1
+        # and centred data cannot see half the mistakes a backward can make).
+        x = (rng.standard_normal((C, M)) * 3 + 2).astype(dtype)
+        gamma = rng.uniform(0.5, 2.0, C).astype(dtype) * rng.choice([-1, 1], C).astype(dtype)
+        beta = rng.standard_normal(C).astype(dtype)
+        rm = rng.standard_normal(C).astype(dtype) if running else None
+        rv = rng.uniform(0.5, 2.0, C).astype(dtype) if running else None
+        rm_exp = None if rm is None else rm.copy()
+        rv_exp = None if rv is None else rv.copy()
+        y_exp, xhat_exp, inv_std_exp = nb.batch_norm_forward(
+            x, gamma, beta, eps, rm_exp, rv_exp, momentum
+        )
+        x_d, g_d, b_d = (self.dev.to_device(a) for a in (x, gamma, beta))
+        rm_d = None if rm is None else self.dev.to_device(rm)
+        rv_d = None if rv is None else self.dev.to_device(rv)
+        y, xhat, inv_std = self.cb.batch_norm_forward(x_d, g_d, b_d, eps, rm_d, rv_d, momentum)
+        for name, before, after in (("x", x, x_d), ("gamma", gamma, g_d), ("beta", beta, b_d)):
+            np.testing.assert_array_equal(self._host(after), before, err_msg=f"bn changed {name}")
+        assert_close(self._host(y), y_exp, "batch_norm_forward y")
+        assert_close(self._host(xhat), xhat_exp, "batch_norm_forward xhat")
+        assert_close(self._host(inv_std), inv_std_exp, "batch_norm_forward inv_std")
+        if running:
+            assert_close(self._host(rm_d), rm_exp, "batch_norm_forward running_mean")
+            assert_close(self._host(rv_d), rv_exp, "batch_norm_forward running_var")
+
+        gy = rng.standard_normal((C, M)).astype(dtype)
+        expected = nb.batch_norm_backward(gy, xhat_exp, gamma, inv_std_exp)
+        out, _ = self._run(self.cb.batch_norm_backward, gy, xhat_exp, gamma, inv_std_exp)
+        for name, a, e in zip(("gx", "ggamma", "gbeta"), out, expected):
+            assert_close(self._host(a), e, f"batch_norm_backward {name}")
+
+    def relu(self, rng: np.random.Generator, dtype: Any, shape: tuple[int, ...]):
+        x = rng.standard_normal(shape).astype(dtype)
+        if x.size:
+            x.flat[0] = 0.0  # the kink itself: y = 0, gradient 0
+        y, _ = self._run(self.cb.relu_forward, x)
+        assert_close(self._host(y), nb.relu_forward(x), "relu_forward")
+        y_exp = nb.relu_forward(x)
+        gy = rng.standard_normal(shape).astype(dtype)
+        gx, _ = self._run(self.cb.relu_backward, gy, y_exp)
+        assert_close(self._host(gx), nb.relu_backward(gy, y_exp), "relu_backward")
+
+    def max_pool(
+        self, rng: np.random.Generator, dtype: Any, P, H, W, kh, kw, sh, sw, ph, pw, ties: bool
+    ):
+        # With ties, small integers make equal maxima common: the first one
+        # must win on both backends, so argmax must match exactly.
+        if ties:
+            x = rng.integers(-2, 3, (P, H, W)).astype(dtype)
+        else:
+            x = rng.standard_normal((P, H, W)).astype(dtype)
+        geometry = (kh, kw, sh, sw, ph, pw)
+        y_exp, arg_exp = nb.max_pool_forward(x, *geometry)
+        (y, arg), _ = self._run(self.cb.max_pool_forward, x, *geometry)
+        assert_close(self._host(y), y_exp, "max_pool_forward y")
+        assert_close(self._host(arg), arg_exp, "max_pool_forward argmax")
+
+        gy = rng.standard_normal(y_exp.shape).astype(dtype)
+        expected = nb.max_pool_backward(gy, arg_exp, x.shape, *geometry)
+        gx, _ = self._run(self.cb.max_pool_backward, gy, arg_exp, x.shape, *geometry)
+        assert_close(self._host(gx), expected, "max_pool_backward")
+
+    def avg_pool(self, rng: np.random.Generator, dtype: Any, P, H, W, kh, kw, sh, sw, ph, pw):
+        x = rng.standard_normal((P, H, W)).astype(dtype)
+        geometry = (kh, kw, sh, sw, ph, pw)
+        y_exp = nb.avg_pool_forward(x, *geometry)
+        y, _ = self._run(self.cb.avg_pool_forward, x, *geometry)
+        assert_close(self._host(y), y_exp, "avg_pool_forward")
+
+        gy = rng.standard_normal(y_exp.shape).astype(dtype)
+        expected = nb.avg_pool_backward(gy, x.shape, *geometry)
+        gx, _ = self._run(self.cb.avg_pool_backward, gy, x.shape, *geometry)
+        assert_close(self._host(gx), expected, "avg_pool_backward")
+
+    def cross_entropy(
+        self,
+        rng: np.random.Generator,
+        dtype: Any,
+        N: int,
+        K: int,
+        scale: float = 3.0,
+        label_dtype: Any = np.int64,
+    ):
+        logits = (rng.standard_normal((N, K)) * scale).astype(dtype)
+        labels = rng.integers(0, K, N).astype(label_dtype)
+        loss_exp, probs_exp = nb.cross_entropy_forward(logits, labels)
+        (loss, probs), _ = self._run(self.cb.cross_entropy_forward, logits, labels)
+        assert_close(self._host(loss), loss_exp, "cross_entropy_forward loss")
+        assert_close(self._host(probs), probs_exp, "cross_entropy_forward probs")
+
+        gloss = np.asarray(rng.uniform(0.5, 2.0), dtype=dtype)
+        expected = nb.cross_entropy_backward(probs_exp, labels, gloss)
+        g, _ = self._run(self.cb.cross_entropy_backward, probs_exp, labels, gloss)
+        assert_close(self._host(g), expected, "cross_entropy_backward")
+
+
+# --------------------------------------------------------------------------
+# Hypothesis strategies for the geometry of windows
+# --------------------------------------------------------------------------
+
+
+@st.composite
+def window_geometry(draw: st.DrawFn, max_size: int = 8) -> tuple[int, ...]:
+    """(H, W, kh, kw, sh, sw, ph, pw) with at least one output pixel.
+
+    Kernels 1..4 (non-square too), strides 1..3 (so also stride > kernel:
+    pixels no window covers), padding 0..k-1, images up to max_size.
+    """
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, kh - 1)), draw(st.integers(0, kw - 1))
+    H = draw(st.integers(max(1, kh - 2 * ph), max_size))
+    W = draw(st.integers(max(1, kw - 2 * pw), max_size))
+    assume(nb.out_size(H, kh, sh, ph) >= 1 and nb.out_size(W, kw, sw, pw) >= 1)
+    return H, W, kh, kw, sh, sw, ph, pw

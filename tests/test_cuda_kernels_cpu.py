@@ -1,0 +1,351 @@
+"""The CUDA backend, kernels included, run on the CPU and compared with NumPy.
+
+No GPU needed: kernels/*.cu are compiled by a C++ compiler against
+tests/cuda_harness/cuda_cpu.h (CUDA's threads, blocks, shared memory and
+__syncthreads mapped onto std::thread), and cuda_backend.py itself runs on
+NumPy arrays with those kernels (tests/cuda_harness/harness.py explains how).
+So each test exercises the Python side (argument order and types, output
+shapes, grid sizes) and the kernel side (index arithmetic, grid-stride loops,
+reductions) of one contract function, against numpy_backend.
+
+Launch sizes are drawn small and odd (1 to 64 threads, 1 to 5 blocks), so
+the grid-stride loops and the block reductions are exercised with far fewer
+threads than elements, and with more threads than elements.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cuda_harness import harness  # noqa: E402
+from cuda_harness.cases import DTYPES, BackendChecks, Device, window_geometry  # noqa: E402
+
+from minires.backends import cuda_backend, numpy_backend  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def kernels(tmp_path_factory: pytest.TempPathFactory) -> harness.CpuKernels:
+    """kernels/*.cu and the harness self-test, compiled once per session."""
+    if harness.find_compiler() is None:
+        pytest.skip("no C++ compiler (g++, clang++ or $CXX) to build the CUDA CPU harness")
+    return harness.build_library(tmp_path_factory.mktemp("cuda_cpu"))
+
+
+CPU = Device(to_device=np.array, to_host=np.asarray)  # np.array copies
+
+launch_sizes = st.fixed_dictionaries(
+    {
+        "threads": st.sampled_from([1, 2, 7, 32, 64]),
+        "max_blocks": st.sampled_from([1, 2, 3, 5]),
+        "reduce_threads": st.sampled_from([1, 2, 8, 32, 64]),  # powers of two
+    }
+)
+seeds = st.integers(0, 2**32 - 1)
+dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+
+
+def run_checks(kernels: harness.CpuKernels, launch: dict, check: str, *args, **kwargs) -> None:
+    with harness.cpu_cuda_backend(cuda_backend, kernels, **launch):
+        getattr(BackendChecks(cuda_backend, CPU), check)(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------
+# Every contract function, on shapes drawn by hypothesis
+# --------------------------------------------------------------------------
+
+
+@dtypes
+@given(
+    geometry=window_geometry(),
+    C=st.integers(1, 3),
+    N=st.integers(1, 3),
+    launch=launch_sizes,
+    seed=seeds,
+)
+def test_im2col_col2im(kernels, dtype, geometry, C, N, launch, seed):
+    H, W, kh, kw, sh, sw, ph, pw = geometry
+    rng = np.random.default_rng(seed)
+    run_checks(kernels, launch, "im2col", rng, dtype, C, N, H, W, kh, kw, sh, sw, ph, pw)
+
+
+@dtypes
+@given(
+    C=st.integers(1, 5),
+    M=st.integers(1, 200),
+    running=st.booleans(),
+    momentum=st.sampled_from([0.1, 0.01, 1.0]),
+    launch=launch_sizes,
+    seed=seeds,
+)
+def test_batch_norm(kernels, dtype, C, M, running, momentum, launch, seed):
+    rng = np.random.default_rng(seed)
+    run_checks(kernels, launch, "batch_norm", rng, dtype, C, M, running, momentum)
+
+
+@dtypes
+@given(
+    shape=st.lists(st.integers(1, 5), min_size=1, max_size=4).map(tuple),
+    launch=launch_sizes,
+    seed=seeds,
+)
+def test_relu(kernels, dtype, shape, launch, seed):
+    run_checks(kernels, launch, "relu", np.random.default_rng(seed), dtype, shape)
+
+
+@dtypes
+@given(
+    geometry=window_geometry(),
+    P=st.integers(1, 4),
+    ties=st.booleans(),
+    launch=launch_sizes,
+    seed=seeds,
+)
+def test_max_pool(kernels, dtype, geometry, P, ties, launch, seed):
+    rng = np.random.default_rng(seed)
+    run_checks(kernels, launch, "max_pool", rng, dtype, P, *geometry, ties)
+
+
+@dtypes
+@given(geometry=window_geometry(), P=st.integers(1, 4), launch=launch_sizes, seed=seeds)
+def test_avg_pool(kernels, dtype, geometry, P, launch, seed):
+    run_checks(kernels, launch, "avg_pool", np.random.default_rng(seed), dtype, P, *geometry)
+
+
+@dtypes
+@given(
+    N=st.integers(1, 9),
+    K=st.integers(1, 12),
+    scale=st.sampled_from([0.1, 3.0, 100.0]),
+    label_dtype=st.sampled_from([np.int64, np.int32, np.uint8]),
+    launch=launch_sizes,
+    seed=seeds,
+)
+def test_cross_entropy(kernels, dtype, N, K, scale, label_dtype, launch, seed):
+    rng = np.random.default_rng(seed)
+    run_checks(kernels, launch, "cross_entropy", rng, dtype, N, K, scale, label_dtype)
+
+
+# --------------------------------------------------------------------------
+# Edge cases, written out
+# --------------------------------------------------------------------------
+
+
+@dtypes
+def test_resnet_shapes(kernels, dtype):
+    """The windows a ResNet uses: 3x3/1 pad 1, 3x3/2 pad 1, 1x1/2, 7x7/2 pad 3, pool 3x3/2."""
+    rng = np.random.default_rng(0)
+    launch = {"threads": 64, "max_blocks": 4, "reduce_threads": 64}
+    for geometry in [
+        (3, 3, 1, 1, 1, 1),
+        (3, 3, 2, 2, 1, 1),
+        (1, 1, 2, 2, 0, 0),
+        (7, 7, 2, 2, 3, 3),
+    ]:
+        run_checks(kernels, launch, "im2col", rng, dtype, 2, 2, 9, 8, *geometry)
+    run_checks(kernels, launch, "max_pool", rng, dtype, 3, 9, 8, 3, 3, 2, 2, 1, 1, False)
+    run_checks(kernels, launch, "avg_pool", rng, dtype, 3, 8, 8, 8, 8, 1, 1, 0, 0)  # global
+
+
+@dtypes
+def test_batch_norm_many_values_per_thread(kernels, dtype):
+    """M much larger than the block, one value per channel (var 0), more channels than blocks."""
+    rng = np.random.default_rng(1)
+    launch = {"threads": 32, "max_blocks": 2, "reduce_threads": 32}
+    run_checks(kernels, launch, "batch_norm", rng, dtype, 3, 2000, True)
+    run_checks(kernels, launch, "batch_norm", rng, dtype, 7, 1, True)
+
+
+def test_max_pool_windows_in_padding(kernels):
+    """Padding of at least the kernel size gives windows that see only padding.
+
+    Their maximum is -inf and their argmax 0, on both backends; the backward
+    pass must drop their gradient (it belongs to no pixel).
+    """
+    rng = np.random.default_rng(2)
+    launch = {"threads": 32, "max_blocks": 2, "reduce_threads": 32}
+    # 2x2 windows, padding 2: the corner windows hold padding only.
+    for dtype in DTYPES:
+        run_checks(kernels, launch, "max_pool", rng, dtype, 2, 3, 2, 2, 2, 1, 1, 2, 2, True)
+    with harness.cpu_cuda_backend(cuda_backend, kernels):
+        y, argmax = cuda_backend.max_pool_forward(np.full((1, 1, 1), 5.0), 2, 2, 1, 1, 2, 2)
+    assert y.shape == (1, 4, 4) and y[0, 0, 0] == -np.inf and argmax[0, 0, 0] == 0
+    assert y[0, 1, 1] == 5.0 and argmax[0, 1, 1] == 3  # the pixel at offset (1, 1)
+
+
+def test_relu_passes_nan_through(kernels):
+    x = np.array([np.nan, -1.0, 0.0, 2.0])
+    with harness.cpu_cuda_backend(cuda_backend, kernels):
+        y = cuda_backend.relu_forward(x)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_cross_entropy_extreme_logits(kernels, dtype):
+    """log-sum-exp keeps the loss finite for logits of +-1e4 (exp alone overflows)."""
+    logits = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]], dtype=dtype)
+    labels = np.array([1, 2])
+    with harness.cpu_cuda_backend(cuda_backend, kernels):
+        loss, probs = cuda_backend.cross_entropy_forward(logits, labels)
+    loss_np, probs_np = numpy_backend.cross_entropy_forward(logits, labels)
+    assert np.isfinite(loss) and loss.dtype == dtype and loss.shape == ()
+    np.testing.assert_allclose(loss, loss_np, rtol=1e-6)
+    np.testing.assert_allclose(probs, probs_np, atol=1e-7)
+
+
+def test_cross_entropy_bad_label_gives_nan(kernels):
+    """An out-of-range label is never used as an index: the loss is NaN, not a stray read."""
+    logits = np.zeros((2, 3))
+    with harness.cpu_cuda_backend(cuda_backend, kernels):
+        loss, _ = cuda_backend.cross_entropy_forward(logits, np.array([0, 3]))
+        g = cuda_backend.cross_entropy_backward(np.full((2, 3), 1 / 3), np.array([0, -1]), 1.0)
+    assert np.isnan(loss)
+    np.testing.assert_allclose(g[1], np.full(3, 1 / 6))
+
+
+def test_empty_outputs_launch_nothing(kernels):
+    """Zero elements: no launch (CUDA rejects a grid of 0 blocks), right shapes anyway."""
+    with harness.cpu_cuda_backend(cuda_backend, kernels):
+        col = cuda_backend.im2col(np.zeros((2, 0, 5, 5), np.float32), 3, 3, 1, 1, 1, 1)
+        y = cuda_backend.relu_forward(np.zeros((0, 3)))
+    assert col.shape == (18, 0) and col.dtype == np.float32
+    assert y.shape == (0, 3)
+
+
+def test_non_contiguous_inputs(kernels):
+    """Views with strides are copied to contiguous memory before a kernel sees them."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 6, 5)).transpose(1, 0, 2, 3)  # (C, N, H, W) view
+    assert not x.flags.c_contiguous
+    with harness.cpu_cuda_backend(cuda_backend, kernels):
+        col = cuda_backend.im2col(x, 3, 2, 2, 1, 1, 0)
+        y = cuda_backend.relu_forward(x[:, :, ::2])
+    np.testing.assert_array_equal(col, numpy_backend.im2col(x, 3, 2, 2, 1, 1, 0))
+    np.testing.assert_array_equal(y, np.maximum(x[:, :, ::2], 0))
+
+
+def test_dtype_errors(kernels):
+    """Wrong dtypes are refused before a kernel could misread them."""
+    with harness.cpu_cuda_backend(cuda_backend, kernels):
+        with pytest.raises(TypeError, match="float32 or float64"):
+            cuda_backend.relu_forward(np.zeros(3, dtype=np.int64))
+        with pytest.raises(TypeError, match="float32 or float64"):
+            cuda_backend.relu_forward(np.zeros(3, dtype=np.float16))
+        x = np.zeros((2, 4), np.float32)
+        with pytest.raises(TypeError, match="float64 but the other inputs are float32"):
+            cuda_backend.batch_norm_forward(
+                x, np.ones(2), np.zeros(2, np.float32), 1e-5, None, None, 0.1
+            )
+        with pytest.raises(TypeError, match="integer"):
+            cuda_backend.cross_entropy_forward(x, np.zeros(2, np.float32))
+        with pytest.raises(TypeError, match="array"):
+            cuda_backend.relu_forward([1.0, 2.0])
+
+
+# --------------------------------------------------------------------------
+# The harness itself, and the tables that tie cuda_backend to the .cu files
+# --------------------------------------------------------------------------
+
+
+def test_harness_thread_ids(kernels):
+    k = kernels.kernel("harness_thread_ids", np.float64)
+    out = np.full(3 * 4 + 2, -1.0)
+    k((3,), (4,), (out,))
+    expected = [b * 1000 + t for b in range(3) for t in range(4)] + [4, 3]
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 32, 64])
+def test_harness_shared_memory_and_barrier(kernels, threads):
+    """Threads of a block share __shared__ arrays and wait for each other at __syncthreads."""
+    k = kernels.kernel("harness_block_reverse", np.float32)
+    x = np.arange(3 * threads, dtype=np.float32)
+    for rounds in (1, 2, 5):
+        out = np.empty_like(x)
+        k((3,), (threads,), (x, out, np.int32(rounds)))
+        blocks = x.reshape(3, threads)
+        np.testing.assert_array_equal(
+            out.reshape(3, threads), blocks[:, ::-1] if rounds % 2 else blocks
+        )
+
+
+def test_harness_reports_divergent_syncthreads(kernels):
+    k = kernels.kernel("harness_divergent_sync", np.float32)
+    with pytest.raises(harness.LaunchError, match="__syncthreads"):
+        k((1,), (8,), (np.zeros(8, np.float32), np.int32(3)))
+    k((1,), (8,), (np.zeros(8, np.float32), np.int32(8)))  # all threads wait: fine
+
+
+def test_harness_refuses_python_scalars(kernels):
+    """The RawKernel scalar trap, caught: a Python int where the kernel declares int."""
+    k = kernels.kernel("relu_forward", np.float32)
+    x = np.ones(4, np.float32)
+    with pytest.raises(TypeError, match="Python int"):
+        k((1,), (4,), (x, np.empty_like(x), 4))
+    with pytest.raises(TypeError, match="int64"):
+        k((1,), (4,), (x, np.empty_like(x), np.int64(4)))
+    with pytest.raises(TypeError, match="float64"):
+        k((1,), (4,), (x.astype(np.float64), np.empty_like(x), np.int32(4)))
+
+
+def test_harness_catches_out_of_bounds_writes_and_unwritten_outputs(kernels):
+    fake = harness.FakeCupy()
+    y = fake.empty((2, 3), np.float32)
+    assert np.isnan(y).all()
+    k = kernels.kernel("relu_forward", np.float32, after=fake.check_guards)
+    with pytest.raises(AssertionError, match="outside the bounds"):
+        k((1,), (8,), (np.ones(7, np.float32), y, np.int32(7)))  # one too many
+
+
+def test_kernel_table_matches_sources():
+    """cuda_backend.KERNELS names exactly the __global__ kernels of each .cu file."""
+    found = {
+        path.stem: tuple(k.name for k in harness.parse_kernels(path.read_text()))
+        for path in harness.kernel_sources()
+    }
+    assert found == cuda_backend.KERNELS
+
+
+def test_kernel_sources_are_nvrtc_friendly():
+    """NVRTC has no host headers, and every kernel is a template over float/double."""
+    for path in harness.kernel_sources():
+        code = harness.strip_comments(path.read_text())
+        assert not re.search(r"#\s*include", code), f"{path.name} includes a header"
+        globals_ = re.findall(r"__global__\s+void\s+(\w+)", code)
+        templated = [k.name for k in harness.parse_kernels(path.read_text())]
+        assert globals_ == templated, (
+            f"{path.name}: non-template kernels {set(globals_) - set(templated)}"
+        )
+    source = (harness.KERNEL_DIR / "batch_norm.cu").read_text()
+    assert f"BN_MAX_THREADS = {cuda_backend.BN_MAX_THREADS};" in source
+    assert cuda_backend.REDUCE_THREADS <= cuda_backend.BN_MAX_THREADS
+
+
+def test_kernel_dir_finds_the_sources():
+    assert (cuda_backend.kernel_dir() / "im2col.cu").is_file()
+    names = {p.name for p in cuda_backend.kernel_dir().glob("*.cu")}
+    assert names == {f"{stem}.cu" for stem in cuda_backend.KERNELS}
+
+
+def test_without_a_gpu_the_reason_is_clear():
+    """Importing cuda_backend needs no CuPy; without a GPU it says what is missing."""
+    if cuda_backend.gpu_available():
+        pytest.skip("a GPU is available here")
+    reason = cuda_backend.gpu_unavailable_reason()
+    assert reason
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        assert 'pip install "minires[gpu]"' in reason
+        assert "cupy-cuda12x" in reason and "cupy-cuda13x" in reason
+    with pytest.raises(RuntimeError, match="cannot use the GPU"):
+        cuda_backend.require_gpu()
+    x = np.ones(3)
+    assert cuda_backend.to_cpu(x) is x
