@@ -766,6 +766,9 @@ def neg(a: object) -> Tensor:
 def pow(a: object, exponent: float) -> Tensor:  # noqa: A001 - mirrors torch.pow
     if isinstance(exponent, Tensor):
         raise TypeError("pow: the exponent must be a number, not a Tensor")
+    if isinstance(exponent, np.generic):
+        # A NumPy scalar exponent (np.float64(2)) would promote float32 to float64.
+        exponent = exponent.item()
     return Pow(exponent)(a)
 
 
