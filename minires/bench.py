@@ -1,0 +1,230 @@
+"""``minires bench``: time a ResNet training step (and inference) against PyTorch.
+
+A training step is forward, cross-entropy loss, backward and an SGD update
+(momentum 0.9, weight decay 5e-4), on a fixed batch of float32 images. When
+PyTorch is importable, the same architecture is built in PyTorch (not loaded
+from torchvision, which may be absent) and timed in the same process,
+alternating with minires, so that both see the same machine load. The report
+gives medians and the minires/PyTorch ratio, as a table and as one JSON line.
+
+Peak memory of a step is measured too: for minires with tracemalloc (NumPy
+registers its allocations there); for PyTorch by the growth of the process's
+peak RSS during its timed steps, which is an upper bound of its step memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import minires as mr
+import minires.functional as F
+
+MODEL_INPUT = {"resnet20": (3, 32, 32), "resnet50": (3, 224, 224), "resnet18": (3, 224, 224)}
+
+
+def _median_time(fn: Callable[[], Any], steps: int, sync: Callable[[], None]) -> list[float]:
+    times = []
+    for _ in range(steps):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _minires_runner(model_name: str, batch: int, device: str, seed: int):
+    mr.manual_seed(seed)
+    model = getattr(mr.models, model_name)()
+    if device == "cuda":
+        model.to("cuda")
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, *MODEL_INPUT[model_name])).astype(np.float32)
+    y = rng.integers(0, 10 if model_name == "resnet20" else 1000, batch)
+    xt = mr.Tensor(x)
+    if device == "cuda":
+        import cupy
+
+        xt, y = xt.to("cuda"), cupy.asarray(y)
+        sync = cupy.cuda.Device().synchronize
+    else:
+        sync = lambda: None  # noqa: E731
+    opt = mr.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    def train_step() -> None:
+        model.train()
+        loss = F.cross_entropy(model(xt), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def infer() -> None:
+        model.eval()
+        with mr.no_grad():
+            model(xt)
+
+    return train_step, infer, sync
+
+
+def _torch_runner(model_name: str, batch: int, device: str, seed: int, threads: int):
+    import torch
+
+    from ._torch_reference import build_torch_model
+
+    torch.manual_seed(seed)
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
+    model = build_torch_model(model_name).to(dev)
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(
+        rng.standard_normal((batch, *MODEL_INPUT[model_name])).astype(np.float32)
+    ).to(dev)
+    y = torch.from_numpy(rng.integers(0, 10 if model_name == "resnet20" else 1000, batch)).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def train_step() -> None:
+        model.train()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def infer() -> None:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+
+    return train_step, infer, sync
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    model_name, batch, device = args.model, args.batch_size, args.device
+    if model_name not in MODEL_INPUT:
+        raise SystemExit(f"minires bench: --model must be one of {sorted(MODEL_INPUT)}")
+    threads = os.cpu_count() or 1
+    result: dict[str, Any] = {
+        "model": model_name,
+        "batch": batch,
+        "device": device,
+        "machine": _machine(device),
+        "steps": args.steps,
+    }
+    mr_train, mr_infer, mr_sync = _minires_runner(model_name, batch, device, args.seed)
+    torch_runner = None
+    if not args.no_torch:
+        try:
+            torch_runner = _torch_runner(model_name, batch, device, args.seed, threads)
+        except ImportError:
+            result["torch"] = "not installed"
+
+    # Warm-up, then peak memory of one minires step.
+    for _ in range(args.warmup):
+        mr_train()
+        if torch_runner:
+            torch_runner[0]()
+    if device == "cpu":
+        tracemalloc.start()
+        mr_train()
+        result["minires_train_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+
+    # Alternate the two frameworks so that both see the same machine load.
+    mr_times: list[float] = []
+    th_times: list[float] = []
+    rss_before = _peak_rss_mb()
+    for _ in range(args.steps):
+        mr_times += _median_time(mr_train, 1, mr_sync)
+        if torch_runner:
+            th_times += _median_time(torch_runner[0], 1, torch_runner[2])
+    result["minires_train_img_s"] = batch / statistics.median(mr_times)
+    mr_inf = _median_time(mr_infer, args.steps, mr_sync)
+    result["minires_infer_img_s"] = batch / statistics.median(mr_inf)
+    if torch_runner:
+        result["torch_train_img_s"] = batch / statistics.median(th_times)
+        th_inf = _median_time(torch_runner[1], args.steps, torch_runner[2])
+        result["torch_infer_img_s"] = batch / statistics.median(th_inf)
+        result["train_ratio"] = result["minires_train_img_s"] / result["torch_train_img_s"]
+        result["infer_ratio"] = result["minires_infer_img_s"] / result["torch_infer_img_s"]
+        result["torch_threads"] = threads
+    result["process_peak_rss_mb"] = _peak_rss_mb()
+    result["rss_growth_during_timing_mb"] = _peak_rss_mb() - rss_before
+    return result
+
+
+def _machine(device: str) -> str:
+    if device == "cuda":
+        try:
+            import cupy
+
+            props = cupy.cuda.runtime.getDeviceProperties(0)
+            return props["name"].decode()
+        except Exception:  # pragma: no cover - only on a GPU machine
+            return "cuda (unknown device)"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = [
+        f"minires bench: {result['model']}, batch {result['batch']}, {result['device']} "
+        f"({result['machine']}), median of {result['steps']} steps",
+        f"{'':12}{'train img/s':>14}{'infer img/s':>14}",
+        f"{'minires':12}{result['minires_train_img_s']:14.1f}{result['minires_infer_img_s']:14.1f}",
+    ]
+    if "torch_train_img_s" in result:
+        lines.append(
+            f"{'PyTorch':12}{result['torch_train_img_s']:14.1f}{result['torch_infer_img_s']:14.1f}"
+        )
+        lines.append(f"{'ratio':12}{result['train_ratio']:14.2f}{result['infer_ratio']:14.2f}")
+    if "minires_train_peak_mb" in result:
+        lines.append(
+            f"minires peak memory of a training step: {result['minires_train_peak_mb']:.0f} MB"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="resnet20", choices=sorted(MODEL_INPUT))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (median is reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
+    parser.add_argument("--json", action="store_true", help="print only the JSON line")
+
+
+def main(args: argparse.Namespace | None = None) -> int:
+    if args is None:
+        parser = argparse.ArgumentParser(prog="minires bench", description=__doc__)
+        add_arguments(parser)
+        args = parser.parse_args()
+    if args.batch_size <= 0 or args.steps <= 0:
+        print("minires bench: --batch-size and --steps must be positive", file=sys.stderr)
+        return 2
+    result = run(args)
+    if not args.json:
+        print(report(result))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
