@@ -248,10 +248,10 @@ print(f"post-activation: |x_L - (x_l + sum F)| / |x_L| = {err_post:.2f}")
 assert err_pre < 1e-12 and err_post > 0.1
 
 # %% [markdown]
-# The ReLU after the add is not a rounding error: the "sum of residuals" view
-# is off by tens of percent of $x_L$ for the original ResNet. This is what He
-# et al.'s second paper (*Identity Mappings in Deep Residual Networks*) fixed
-# by moving BN and ReLU into the branch.
+# The ReLU after the add is not a rounding error: for the original ResNet the
+# "sum of residuals" view misses by a large fraction of $x_L$ itself. This is
+# what He et al.'s second paper (*Identity Mappings in Deep Residual
+# Networks*) fixed by moving BN and ReLU into the branch.
 #
 # The gradient form of the same statement: $\partial L/\partial x_l =
 # \partial L/\partial x_L\,(I + \partial S/\partial x_l)$ with $S(x_l) =
@@ -359,7 +359,8 @@ for depth in depths[1:]:
 # * The "1" is $I$, and $J_F$ is a dense matrix; the gradient reaching $x_j$
 #   gathers contributions from every output the BN couples it to.
 # * $x_L = x_l + \sum F(x_i)$ holds to rounding for pre-activation blocks and
-#   fails by tens of percent with the original block's ReLU after the add.
+#   fails by a large fraction of $x_L$ with the original block's ReLU after
+#   the add.
 # * Plain nets' per-block gradient norms spread exponentially with depth;
 #   residual nets' stay within about two orders of magnitude.
 #
