@@ -16,7 +16,8 @@ hand-written kernel to compute garbage without an error):
   ``np.int32`` for ``int``, ``np.float32``/``np.float64`` for ``T``. CuPy
   passes a Python ``int`` as 64 bits and a Python ``float`` as a C
   ``double``; a kernel that declared ``int`` or ``float`` reads the wrong
-  bytes.
+  bytes. (Integer arrays likewise: labels become int64, the kernels'
+  ``long long``; argmax is int32, their ``int``.)
 * The grid is ceil(n / threads) blocks, capped at ``MAX_BLOCKS``; the
   kernels' grid-stride loops cover whatever the cap leaves.
 * Sizes are ``int`` in the kernels: :func:`_check_size` refuses an array
@@ -296,6 +297,7 @@ def im2col(x: Any, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int) -> Any:
     OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
     col = cp.empty((C * kh * kw, N * OH * OW), dtype=x.dtype)
     geometry = _ints(C, N, H, W, kh, kw, sh, sw, ph, pw, OH, OW)
+    _check_size(x.size)
     _launch("im2col", x.dtype, col.size, (x, col, *geometry))
     return col
 
@@ -562,6 +564,8 @@ def cross_entropy_forward(logits: Any, labels: Any) -> tuple[Any, Any]:
     cp = _cupy()
     logits = _float_array(logits, "cross_entropy_forward: logits")
     N, K = logits.shape
+    if K == 0:
+        raise ValueError("cross_entropy_forward: logits must have at least one class (K >= 1)")
     labels = _labels(labels, N)
     probs = cp.empty((N, K), dtype=logits.dtype)
     row_loss = cp.empty(N, dtype=logits.dtype)

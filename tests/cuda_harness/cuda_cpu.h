@@ -2,13 +2,15 @@
 //
 // The point is to test the *logic* of the kernels (index arithmetic, the
 // grid-stride loops, the shared-memory reductions and their barriers) on
-// every machine, GPU or not. A test compiles the very same .cu files with a
-// C++ compiler:
+// every machine, GPU or not. The very same .cu files are compiled by a C++
+// compiler with this header in front, as in
 //
-//     g++ -std=c++17 -pthread -x c++ -include cuda_cpu.h kernels/relu.cu ...
+//     g++ -std=c++17 -pthread -x c++ -include cuda_cpu.h -c kernels/relu.cu
 //
-// and calls the kernels through cuda_cpu::launch, which plays the part of the
-// CUDA runtime. Only what minires's kernels use is provided.
+// (tests/cuda_harness/harness.py does it through a generated C++ file that
+// includes this header, then the .cu file, then defines extern "C" launchers
+// for ctypes), and the kernels are run through cuda_cpu::launch, which plays
+// the part of the CUDA runtime. Only what minires's kernels use is provided.
 //
 // How a launch runs (cuda_cpu::launch below)
 // ------------------------------------------
