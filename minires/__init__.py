@@ -13,7 +13,7 @@ Example::
     (1, 2, 4, 4)
 """
 
-from . import functional, models, nn
+from . import data, functional, models, nn, optim
 from .autograd import (
     Config,
     Function,
@@ -36,12 +36,14 @@ __all__ = [
     "Parameter",
     "Tensor",
     "enable_grad",
+    "data",
     "functional",
     "gradcheck",
     "is_grad_enabled",
     "manual_seed",
     "models",
     "nn",
+    "optim",
     "no_grad",
     "tensor",
 ]
