@@ -236,6 +236,11 @@ def conv2d(
         )
     kh, kw = w.shape[2:]
     H, W = x.shape[2:]
+    if kh < 1 or kw < 1:
+        raise ValueError(
+            f"conv2d: weight's kernel size must be >= 1, got {kh}x{kw} "
+            f"(weight shape {tuple(w.shape)})"
+        )
     if kh > H + 2 * padding_[0] or kw > W + 2 * padding_[1]:
         raise ValueError(
             f"conv2d: kernel {kh}x{kw} is larger than the padded input "

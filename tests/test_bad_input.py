@@ -60,6 +60,27 @@ def test_conv2d_stride_must_be_positive(stride):
         F.conv2d(t(1, 1, 5, 5), t(1, 1, 3, 3), stride=stride)
 
 
+@pytest.mark.parametrize("kernel", [(0, 3), (3, 0)])
+def test_conv2d_empty_kernel(kernel):
+    # A (C_out, C_in, 0, 3) weight would otherwise give a silent, meaningless output.
+    with pytest.raises(ValueError, match=r"conv2d: weight's kernel size must be >= 1, got"):
+        F.conv2d(t(1, 1, 5, 5), t(1, 1, *kernel))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"kernel_size": 0}, r"Conv2d: kernel_size must be >= 1, got \(0, 0\)"),
+        ({"kernel_size": (3, -1)}, r"Conv2d: kernel_size must be >= 1, got \(3, -1\)"),
+        ({"kernel_size": 3, "stride": 0}, r"Conv2d: stride must be >= 1, got \(0, 0\)"),
+        ({"kernel_size": 3, "padding": -1}, r"Conv2d: padding must be >= 0, got \(-1, -1\)"),
+    ],
+)
+def test_conv2d_layer_checks_its_geometry(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        nn.Conv2d(1, 2, **kwargs)
+
+
 @pytest.mark.parametrize("padding", [-1, (0, -2)])
 def test_conv2d_negative_padding(padding):
     with pytest.raises(ValueError, match=r"conv2d: padding must be >= 0, got"):

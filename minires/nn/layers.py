@@ -48,6 +48,13 @@ class Conv2d(Module):
             _pair(stride),
             _pair(padding),
         )
+        for name, pair, low in (
+            ("kernel_size", self.kernel_size, 1),
+            ("stride", self.stride, 1),
+            ("padding", self.padding, 0),
+        ):
+            if min(pair) < low:
+                raise ValueError(f"Conv2d: {name} must be >= {low}, got {pair}")
         shape = (out_channels, in_channels, *self.kernel_size)
         bound = 1.0 / math.sqrt(init.fan_in_and_out(shape)[0])
         self.weight = Parameter(init.uniform(shape, bound))
