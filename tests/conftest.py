@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 settings.register_profile(
     "ci",
-    max_examples=10,
+    max_examples=25,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
