@@ -366,3 +366,67 @@ def test_conv_bn_relu_directional(case):
         return F.batch_norm(y, None, None, g, b, training=True)
 
     assert mr.gradcheck(fn, (x, w, g, b), mode="directional", n_directions=6)
+
+
+# --------------------------------------------------------------------------
+# Memory layout: ops read channel-major views (the layout conv and BN
+# produce) and strided slices exactly as they read contiguous NCHW arrays
+# --------------------------------------------------------------------------
+
+LAYOUT_OPS = {
+    "conv2d": lambda x, w: F.conv2d(x, w, stride=2, padding=1),
+    "batch_norm": lambda x, w: F.batch_norm(x, None, None, w[0, :, 0, 0] + 2, None, training=True),
+    "max_pool2d": lambda x, w: F.max_pool2d(x, 3, stride=2, padding=1),
+    "avg_pool2d": lambda x, w: F.avg_pool2d(x, 2, stride=1, padding=1),
+    "adaptive_avg_pool2d": lambda x, w: F.adaptive_avg_pool2d(x, 1),
+    "relu": lambda x, w: F.relu(x),
+    "flatten": lambda x, w: F.flatten(x, 1),
+}
+LAYOUTS = {
+    # (N, C, H, W) views of the same values, from differently stored arrays
+    "contiguous": lambda a: a,
+    "channel-major": lambda a: a.transpose(1, 0, 2, 3),  # stored (C, N, H, W)
+    "strided": lambda a: a[:, :, ::2, 1::2],  # every other row and column
+}
+LAYOUT_STORAGE = {
+    "contiguous": lambda a: a,
+    "channel-major": lambda a: np.ascontiguousarray(a.transpose(1, 0, 2, 3)),
+    "strided": lambda a: np.repeat(np.repeat(a, 2, axis=2), 2, axis=3),
+}
+
+
+@pytest.mark.parametrize("op", list(LAYOUT_OPS))
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_ops_give_the_same_values_and_gradients_for_any_layout(op, layout, rng):
+    values = kink_free(rng, (2, 3, 5, 5))  # no ReLU kinks, no max-pool ties
+    w = T(rng.standard_normal((3, 3, 3, 3)))
+    fn = LAYOUT_OPS[op]
+    gy = None
+
+    def run(x_view):
+        nonlocal gy
+        y = fn(x_view, w)
+        if gy is None:
+            gy = rng.standard_normal(y.shape)
+        y.backward(gy)
+        return y.data.copy()
+
+    x_ref = T(values)
+    y_ref = run(x_ref)
+    stored = T(LAYOUT_STORAGE[layout](values))
+    view = LAYOUTS[layout]
+    x_view = view(stored)  # a Transpose / GetItem node: its data is a non-contiguous view
+    assert x_view.data.flags.c_contiguous == (layout == "contiguous")
+    y = run(x_view)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(view(stored.grad), x_ref.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d", "batch_norm", "conv2d"])
+def test_channel_major_input_gradcheck(op, rng):
+    # x is stored (C, N, H, W); the op sees its (N, C, H, W) view.
+    x = T(kink_free(rng, (3, 2, 5, 5)))
+    w = T(rng.standard_normal((3, 3, 3, 3)))
+    assert mr.gradcheck(
+        lambda x, w: LAYOUT_OPS[op](x.transpose(1, 0, 2, 3), w), (x, w), mode="elementwise"
+    )
