@@ -592,3 +592,32 @@ def test_tensor_requires_grad_and_leaf_flags(rng):
     y = x * 2.0
     assert x.is_leaf and x.requires_grad and x.creator is None
     assert not y.is_leaf and y.requires_grad and isinstance(y.creator, Function)
+
+
+class Split(Function):
+    """Two outputs: the rows of a (2, n) array."""
+
+    def forward(self, a):
+        return a[0].copy(), a[1].copy()
+
+    def backward(self, g0, g1):
+        return np.stack([g0, g1])
+
+
+def test_multi_output_function_with_one_output_unused(rng):
+    x = T(rng.standard_normal((2, 3)))
+    top, bottom = Split()(x)
+    assert top.generation == bottom.generation == 1
+    (top * 2.0).sum().backward()  # bottom never used: its gradient is zeros
+    np.testing.assert_array_equal(x.grad, [[2.0, 2.0, 2.0], [0.0, 0.0, 0.0]])
+
+
+def test_multi_output_gradcheck_in_every_mode(rng):
+    x, w = T(rng.standard_normal((2, 3))), T(rng.standard_normal(3))
+
+    def fn(x, w):
+        top, bottom = Split()(x * w)
+        return top * bottom, (x * x).sum(0), w.exp()
+
+    for mode in ("elementwise", "jacobian", "directional"):
+        assert mr.gradcheck(fn, (x, w), mode=mode)
