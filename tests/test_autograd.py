@@ -126,7 +126,7 @@ def test_exp_log_relu_gradcheck(shape, seed):
     k=st.integers(1, 3),
     n=st.integers(1, 3),
     batch_a=st.sampled_from([(), (2,), (1,), (2, 1)]),
-    batch_b=st.sampled_from([(), (2,), (1,), (3, 1)]),
+    batch_b=st.sampled_from([(), (2,), (1,), (3, 1, 1)]),
     seed=seeds,
 )
 def test_matmul_gradcheck_with_batch_broadcasting(m, k, n, batch_a, batch_b, seed):
