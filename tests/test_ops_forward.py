@@ -7,6 +7,8 @@ fixed list of corners. torch, when installed, is an optional extra check.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import naive
 import numpy as np
 import pytest
@@ -45,11 +47,23 @@ def _with_corners(corners):
 # --------------------------------------------------------------------------
 
 
+@contextmanager
+def conv_algorithm(name: str):
+    """Force conv2d's algorithm ("auto" picks the shifted GEMM for stride 1 on the CPU)."""
+    previous = F.set_conv_algorithm(name)
+    try:
+        yield
+    finally:
+        F.set_conv_algorithm(previous)
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "im2col"])
 @_with_corners(CONV_CORNERS)
 @given(case=conv_cases(), seed=seeds)
-def test_conv2d_matches_naive(case, seed):
+def test_conv2d_matches_naive(algorithm, case, seed):
     x, w, b = _conv_inputs(case, seed)
-    y = F.conv2d(mr.Tensor(x), mr.Tensor(w), mr.Tensor(b), case.stride, case.padding)
+    with conv_algorithm(algorithm):
+        y = F.conv2d(mr.Tensor(x), mr.Tensor(w), mr.Tensor(b), case.stride, case.padding)
     expected = naive.conv2d(x, w, b, case.stride, case.padding)
     assert y.shape == expected.shape
     assert y.dtype == np.float64

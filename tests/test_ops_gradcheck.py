@@ -54,21 +54,27 @@ def test_kink_free_inputs_are_kink_free(rng):
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("algorithm", ["auto", "im2col"])
 @_with_corners(CONV_CORNERS)
 @given(case=conv_cases(), seed=seeds)
-def test_conv2d_gradcheck(case, seed):
+def test_conv2d_gradcheck(algorithm, case, seed):
+    # "auto" takes the shifted-GEMM path for stride-1 convs on the CPU.
     r = np.random.default_rng(seed)
     x, w, b = (
         T(r.standard_normal(case.x_shape)),
         T(r.standard_normal(case.w_shape)),
         T(r.standard_normal(case.F)),
     )
-    assert mr.gradcheck(
-        lambda x, w, b: F.conv2d(x, w, b, case.stride, case.padding),
-        (x, w, b),
-        mode="elementwise",
-        seed=seed,
-    )
+    previous = F.set_conv_algorithm(algorithm)
+    try:
+        assert mr.gradcheck(
+            lambda x, w, b: F.conv2d(x, w, b, case.stride, case.padding),
+            (x, w, b),
+            mode="elementwise",
+            seed=seed,
+        )
+    finally:
+        F.set_conv_algorithm(previous)
 
 
 @given(case=conv_cases(max_n=2, max_c=2, max_hw=5), seed=seeds)
