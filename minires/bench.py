@@ -7,9 +7,11 @@ from torchvision, which may be absent) and timed in the same process,
 alternating with minires, so that both see the same machine load. The report
 gives medians and the minires/PyTorch ratio, as a table and as one JSON line.
 
-Peak memory of a step is measured too: for minires with tracemalloc (NumPy
-registers its allocations there); for PyTorch by the growth of the process's
-peak RSS during its timed steps, which is an upper bound of its step memory.
+Peak memory of a step is measured the same way for both frameworks: each
+runs two training steps in a fresh child process, and the growth of the
+process's peak resident memory from just before the first step (model, data
+and framework already loaded) is reported. minires's own allocations during a
+step are also counted exactly with tracemalloc.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -115,6 +118,27 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _memory_child(framework: str, model_name: str, batch: int, seed: int) -> None:
+    """Run in a fresh process: print the peak-RSS growth of two training steps."""
+    if framework == "torch":
+        train, _, _ = _torch_runner(model_name, batch, "cpu", seed, os.cpu_count() or 1)
+    else:
+        train, _, _ = _minires_runner(model_name, batch, "cpu", seed)
+    before = _peak_rss_mb()
+    train()
+    train()
+    print(json.dumps({"step_peak_mb": _peak_rss_mb() - before}))
+
+
+def _step_memory_mb(framework: str, args: argparse.Namespace) -> float | None:
+    cmd = [sys.executable, "-m", "minires.bench", "--memory-child", framework]
+    cmd += ["--model", args.model, "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        return None
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["step_peak_mb"])
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     model_name, batch, device = args.model, args.batch_size, args.device
     if model_name not in MODEL_INPUT:
@@ -149,7 +173,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # Alternate the two frameworks so that both see the same machine load.
     mr_times: list[float] = []
     th_times: list[float] = []
-    rss_before = _peak_rss_mb()
     for _ in range(args.steps):
         mr_times += _median_time(mr_train, 1, mr_sync)
         if torch_runner:
@@ -164,8 +187,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["train_ratio"] = result["minires_train_img_s"] / result["torch_train_img_s"]
         result["infer_ratio"] = result["minires_infer_img_s"] / result["torch_infer_img_s"]
         result["torch_threads"] = threads
-    result["process_peak_rss_mb"] = _peak_rss_mb()
-    result["rss_growth_during_timing_mb"] = _peak_rss_mb() - rss_before
+    if device == "cpu" and not args.no_memory:
+        result["minires_step_rss_mb"] = _step_memory_mb("minires", args)
+        if torch_runner:
+            result["torch_step_rss_mb"] = _step_memory_mb("torch", args)
+            if result["minires_step_rss_mb"] and result["torch_step_rss_mb"]:
+                result["memory_ratio"] = result["minires_step_rss_mb"] / result["torch_step_rss_mb"]
     return result
 
 
@@ -209,6 +236,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    parser.add_argument("--memory-child", choices=["minires", "torch"], help=argparse.SUPPRESS)
 
 
 def main(args: argparse.Namespace | None = None) -> int:
@@ -216,6 +245,9 @@ def main(args: argparse.Namespace | None = None) -> int:
         parser = argparse.ArgumentParser(prog="minires bench", description=__doc__)
         add_arguments(parser)
         args = parser.parse_args()
+    if getattr(args, "memory_child", None):
+        _memory_child(args.memory_child, args.model, args.batch_size, args.seed)
+        return 0
     if args.batch_size <= 0 or args.steps <= 0:
         print("minires bench: --batch-size and --steps must be positive", file=sys.stderr)
         return 2
