@@ -697,7 +697,12 @@ class GetItem(Function):
         xp = get_array_module(gy)
         g = xp.zeros(self.shape, dtype=self.dtype)
         # add.at, not g[index] += gy: a repeated index must receive every share.
-        xp.add.at(g, self.index, gy)
+        if is_cupy_array(g):
+            import cupyx
+
+            cupyx.scatter_add(g, self.index, gy)
+        else:
+            np.add.at(g, self.index, gy)
         return g
 
 
