@@ -24,6 +24,11 @@ Modes:
     "auto"         elementwise up to ``max_elements`` entries, else directional
 
 An entry passes when |analytic - numeric| <= atol + rtol * |numeric|.
+
+Before comparing, three properties of backward are checked (as PyTorch's
+gradcheck does): a second graph gives the same gradients, a zero upstream
+gradient gives zero gradients, and every gradient has its tensor's shape and
+dtype. Inputs with broadcast (stride-0) dimensions are refused.
 """
 
 from __future__ import annotations
@@ -120,6 +125,12 @@ def gradcheck(
                 f"low precision are dominated by rounding (convert with .to(np.float64))",
                 stacklevel=2,
             )
+    for name, t in checked:
+        if any(st == 0 for st, n in zip(t.data.strides, t.shape) if n > 1):
+            raise ValueError(
+                f"gradcheck: {name} has a stride-0 (broadcast) dimension: perturbing one "
+                f"entry would move several; pass a copy (e.g. np.array(x))"
+            )
     if mode not in ("auto", "elementwise", "jacobian", "directional"):
         raise ValueError(f"gradcheck: unknown mode {mode!r}")
     n_total = sum(t.size for _, t in checked)
@@ -138,6 +149,15 @@ def gradcheck(
         for (name, _), a, b in zip(checked, analytic, again):
             if not np.allclose(a, b, rtol=0, atol=1e-12 * (1 + np.abs(a).max(initial=0))):
                 return _fail(raise_exception, f"gradcheck: backward is not repeatable for {name}")
+        # Backward must scale with its upstream gradient: zero in, zero out.
+        zeros = _analytic(fn, inputs, checked, [np.zeros_like(u) for u in upstream])
+        for (name, _), z in zip(checked, zeros):
+            if np.abs(z).max(initial=0) != 0:
+                return _fail(
+                    raise_exception,
+                    f"gradcheck: a zero upstream gradient gave a non-zero gradient for {name} "
+                    f"(max |grad| {np.abs(z).max():.3g}); backward must multiply by grad_output",
+                )
         if mode == "jacobian":
             mismatches = _check_jacobian(fn, inputs, checked, reference, eps, atol, rtol)
         elif mode == "elementwise":

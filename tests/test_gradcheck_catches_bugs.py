@@ -332,3 +332,30 @@ def test_a_small_error_within_tolerance_passes_and_beyond_fails(rng):
     assert run(1e-5)  # well inside rtol=1e-3
     assert not run(1e-2)  # 10x beyond it
     assert not run(1e-5, atol=0, rtol=1e-7)
+
+
+# --------------------------------------------------------------------------
+# Backward must be linear in its upstream gradient; inputs must not alias.
+# --------------------------------------------------------------------------
+
+
+class _AddsAConstant(mr.Function):
+    """y = 2x, whose backward wrongly adds 1 whatever the upstream gradient."""
+
+    def forward(self, x):
+        return 2 * x
+
+    def backward(self, gy):
+        return 2 * gy + 1
+
+
+def test_backward_that_ignores_a_zero_upstream_is_caught() -> None:
+    x = mr.tensor(np.random.default_rng(0).standard_normal(5), requires_grad=True)
+    with pytest.raises(mr.GradcheckError, match="zero upstream"):
+        mr.gradcheck(lambda x: _AddsAConstant()(x), [x])
+
+
+def test_broadcast_input_is_refused() -> None:
+    x = mr.tensor(np.broadcast_to(np.arange(3.0), (4, 3)), requires_grad=True)
+    with pytest.raises(ValueError, match="stride-0"):
+        mr.gradcheck(lambda x: x * 2.0, [x])
