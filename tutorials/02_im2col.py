@@ -284,19 +284,17 @@ for name, C_, H_, K_, S_, P_, N_ in layers:
         assert cb == K_ * K_ * xb
 
 # %% [markdown]
-# A 1×1 convolution with stride 1 needs no im2col at all (col *is* the input);
-# the 7×7 stem pays $49/4 \approx 12$×. Two things keep this bearable in
-# minires: `Conv2d` does **not** keep col for backward (it keeps only the
-# input, and rebuilds col when the weight gradient needs it), and col lives
-# only while one layer runs. Libraries that need to bound it further split
-# the batch into chunks (mmdetection's `im2col_step`).
+# A 1×1 convolution with stride 1 needs no im2col at all (col *is* the input,
+# and minires skips the copy); the 7×7 stem pays $49/4 \approx 12$×. Two
+# things keep this bearable: `Conv2d` does **not** keep col for backward (it
+# keeps only the input, and rebuilds col when the weight gradient needs it),
+# and col lives only while one layer runs. Libraries that need to bound it
+# further split the batch into chunks (mmdetection's `im2col_step`).
 #
-# The memory-light alternative is to never build col: a window *view* of the
+# The memory-light alternative is to never build col. A window *view* of the
 # padded input (`numpy.lib.stride_tricks.sliding_window_view`, CS231n's and
-# early tinygrad's `as_strided`) shares memory with the input, and the GEMM
-# can be written as $k_h k_w$ smaller GEMMs over shifted views
-# (docs/architecture.md discusses it). The view below
-# costs no memory and gives the same convolution:
+# early tinygrad's `as_strided`) shares memory with the input and gives the
+# same convolution, though `einsum` over it is slow:
 
 # %%
 view = np.lib.stride_tricks.sliding_window_view(xpad, (K, K), axis=(2, 3))[:, :, ::S, ::S]
@@ -304,6 +302,31 @@ print("window view:", view.shape, "(N, C, OH, OW, kh, kw); shares memory with th
       np.shares_memory(view, xpad))  # fmt: skip
 y_view = np.einsum("ncyxij,fcij->nfyx", view, w) + b[None, :, None, None]
 assert np.shares_memory(view, xpad) and np.allclose(y_view, y_loops, atol=1e-12)
+
+# %% [markdown]
+# minires's fast path for stride-1 convolutions on the CPU takes the idea
+# further (`minires/shifted_conv.py`, docs/architecture.md): with the input
+# laid out flat with shared zero gaps, every kernel offset is a constant
+# *shift* of the flat index, so the column matrix can be built and multiplied
+# a cache-sized chunk at a time and is never held whole. It is the default
+# for stride-1 convolutions on the CPU (`F.set_conv_algorithm("auto")`); the
+# textbook im2col is always available, and the two agree:
+
+# %%
+xs = mr.tensor(rng.standard_normal((2, 8, 9, 9)), requires_grad=True)
+ws = mr.tensor(rng.standard_normal((4, 8, 3, 3)), requires_grad=True)
+gs = rng.standard_normal((2, 4, 9, 9))
+by_algorithm = {}
+for algorithm in ("im2col", "shifted"):
+    previous = F.set_conv_algorithm(algorithm)
+    xs.grad = ws.grad = None
+    ys = F.conv2d(xs, ws, padding=1)
+    ys.backward(gs)
+    by_algorithm[algorithm] = (ys.data.copy(), xs.grad.copy(), ws.grad.copy())
+    F.set_conv_algorithm(previous)
+for name, a, c in zip(["y", "dx", "dw"], *by_algorithm.values()):
+    print(f"{name}: max |im2col - shifted| = {np.abs(a - c).max():.1e}")
+    assert np.allclose(a, c, rtol=1e-12, atol=1e-12)
 
 # %% [markdown]
 # ## Summary

@@ -404,10 +404,13 @@ assert not mr.gradcheck(F.relu, [at_kink], raise_exception=False)
 #   upstream gradient and random $\gamma$.
 # * ReLU's gradient at 0 is a convention; finite differences disagree there.
 #
-# **Exercise.** Show from the table that $\sum_m \partial x_m = 0$ and
-# $\sum_m \hat x_m\, \partial x_m = 0$ for every upstream $g$, and check both
-# numerically with `xt.grad`. What do they say about the directions in which
-# BatchNorm's input can be changed to any effect?
+# **Exercise.** Show from the compact formula that, per channel,
+# $\sum_m \partial x_m = 0$ for every upstream $g$, and that
+# $\sum_m \hat x_m\, \partial x_m$ vanishes up to a factor
+# $\varepsilon/(\sigma^2+\varepsilon)$ (because $\sum_m \hat x_m^2 =
+# M\sigma^2/(\sigma^2+\varepsilon)$, not $M$). Check both with `xt.grad`. What do
+# they say about the directions in which BatchNorm's input can be changed to
+# any effect?
 #
 # Previous: [02_im2col](02_im2col.ipynb) ·
 # Next: [04_residual_block](04_residual_block.ipynb).
