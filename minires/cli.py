@@ -1,0 +1,357 @@
+"""The ``minires`` command: train, eval, models, bench.
+
+    minires train                        a ResNet-20 on the embedded digits (about a minute)
+    minires train --data cifar10 --data-dir ~/data --out runs/c10
+    minires train --out runs/c10 --resume          continue a stopped run exactly
+    minires eval --checkpoint runs/c10             test loss and accuracy of a run
+    minires models                                 the model names and their sizes
+    minires bench --model resnet20                 time a training step (vs PyTorch)
+
+Exit status: 0 done; 1 training diverged (NaN/inf loss); 2 a usage error or a
+problem with the input (the message says which); 130 stopped by Ctrl-C (143
+by SIGTERM), after saving a checkpoint. User errors print one line,
+``minires: error: ...``, never a Python traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .checkpoint import CheckpointError
+from .data import DataError
+from .train import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    DATASETS,
+    DEVICES,
+    METRICS_FILE,
+    PLOT_FILE,
+    SCHEDULES,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    UserError,
+    evaluate_checkpoint,
+)
+
+EXIT_OK, EXIT_DIVERGED, EXIT_USAGE = 0, 1, 2
+
+# The train options that are part of TrainConfig (parsed with default None, so
+# that "not given" can be told apart from "given with the default value").
+CONFIG_KEYS = [f for f in TrainConfig.__dataclass_fields__]
+
+
+# --------------------------------------------------------------------------- #
+# Argument types: reject bad values with argparse's own error message
+# --------------------------------------------------------------------------- #
+
+
+def _number(kind: type, what: str, ok: Any) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _number(int, "a positive integer", lambda v: v >= 1)
+nonnegative_int = _number(int, "an integer >= 0", lambda v: v >= 0)
+positive_float = _number(float, "a positive number", lambda v: 0 < v < float("inf"))
+nonnegative_float = _number(float, "a number >= 0", lambda v: 0 <= v < float("inf"))
+momentum_float = _number(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
+
+
+# --------------------------------------------------------------------------- #
+# The parser
+# --------------------------------------------------------------------------- #
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minires",
+        description="minires: a from-scratch deep-learning framework for residual networks.",
+    )
+    parser.add_argument("--version", action="version", version=f"minires {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    # -- train ---------------------------------------------------------------
+    t = sub.add_parser(
+        "train",
+        help="train a model (no options: ResNet-20 on the embedded digits, ~1 min)",
+        description="Train a ResNet. Options not given take the data set's defaults "
+        "(digits: resnet20, 12 epochs, batch 64; cifar10: He et al.'s recipe, 164 epochs; "
+        "procedural: 10 epochs on 10,000 images). With --resume, options not given "
+        "take the run's saved values.",
+    )
+    t.add_argument("--model", metavar="NAME", help="a name from `minires models` (resnet20)")
+    t.add_argument("--data", choices=DATASETS, help="data set (digits)")
+    t.add_argument("--data-dir", metavar="DIR", help="folder holding cifar-10-batches-py (data)")
+    t.add_argument("--epochs", type=positive_int)
+    t.add_argument("--batch-size", type=positive_int)
+    t.add_argument("--lr", type=positive_float, help="initial learning rate (0.1)")
+    t.add_argument("--momentum", type=momentum_float, help="SGD momentum (0.9)")
+    t.add_argument("--weight-decay", type=nonnegative_float, help="L2 weight decay")
+    t.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (cosine)")
+    t.add_argument(
+        "--warmup-epochs", type=nonnegative_int, help="linear warm-up from lr/10, in epochs (0)"
+    )
+    t.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_const",
+        const=False,
+        help="no random crops or flips",
+    )
+    t.add_argument("--num-train", type=positive_int, metavar="N", help="use N training images")
+    t.add_argument("--num-test", type=positive_int, metavar="N", help="use N test images")
+    t.add_argument("--seed", type=nonnegative_int, help="random seed (0)")
+    t.add_argument("--device", choices=DEVICES, help="cpu (default) or cuda")
+    t.add_argument("--out", metavar="DIR", help="run folder (default runs/DATA-MODEL[-k])")
+    t.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its checkpoint"
+    )
+    t.add_argument(
+        "--progress",
+        choices=("auto", "bar", "text", "none"),
+        default="auto",
+        help="progress display (auto: a tqdm bar on a terminal, else text lines)",
+    )
+    t.set_defaults(func=cmd_train)
+
+    # -- eval ----------------------------------------------------------------
+    e = sub.add_parser(
+        "eval",
+        help="test loss and accuracy of a checkpoint",
+        description="Evaluate a checkpoint on the test split of the data set it was "
+        "trained on (or of --data).",
+    )
+    e.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help="a checkpoint file or a run folder"
+    )
+    e.add_argument("--data", choices=DATASETS, help="data set (default: the training one)")
+    e.add_argument("--data-dir", metavar="DIR")
+    e.add_argument("--num-test", type=positive_int, metavar="N")
+    e.add_argument("--batch-size", type=positive_int, default=256)
+    e.add_argument("--device", choices=DEVICES, default="cpu")
+    e.add_argument(
+        "--model", metavar="NAME", help="load the weights into this model instead (e.g. plain20)"
+    )
+    e.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    e.set_defaults(func=cmd_eval)
+
+    # -- models --------------------------------------------------------------
+    m = sub.add_parser("models", help="list the model names and their parameter counts")
+    m.add_argument("names", nargs="*", metavar="NAME", help="only these models")
+    m.set_defaults(func=cmd_models)
+
+    # -- bench ---------------------------------------------------------------
+    # Its options belong to minires/bench.py (add_arguments), which is only
+    # imported when the command runs; everything after `bench` is passed on.
+    b = sub.add_parser(
+        "bench",
+        help="time a training step and inference, against PyTorch when installed",
+        add_help=False,
+        description="See `minires bench --help`.",
+    )
+    b.set_defaults(func=cmd_bench)  # main() hands it the arguments it does not know
+    return parser
+
+
+# --------------------------------------------------------------------------- #
+# Commands
+# --------------------------------------------------------------------------- #
+
+
+def default_out_dir(cfg: TrainConfig, root: str = "runs") -> Path:
+    """runs/DATA-MODEL, or the first of runs/DATA-MODEL-2, -3, ... that is free."""
+    base = Path(root) / f"{cfg.data}-{cfg.model}"
+    candidate, k = base, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        k += 1
+        candidate = base.with_name(f"{base.name}-{k}")
+    return candidate
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    given = {k: getattr(args, k) for k in CONFIG_KEYS if getattr(args, k, None) is not None}
+    start = time.perf_counter()
+    if args.resume:
+        if args.out is None:
+            raise UserError("--resume needs --out DIR, the folder of the run to continue")
+        trainer = Trainer(None, args.out, resume=True, overrides=given, progress=args.progress)
+    else:
+        data = given.pop("data", "digits")
+        cfg = TrainConfig.for_data(data, **given)
+        out = Path(args.out) if args.out is not None else default_out_dir(cfg)
+        trainer = Trainer(cfg, out, progress=args.progress)
+    result = trainer.run()
+    out = result.out_dir
+    resume_cmd = shlex.join(["minires", "train", "--out", str(out), "--resume"])
+
+    _draw_curves(result.history, out / PLOT_FILE, f"{trainer.cfg.model} on {trainer.cfg.data}")
+    if result.status == "aborted":
+        print(
+            f"aborted. The last checkpoint (epoch {result.epoch}) in {out}/ is intact; "
+            f"continue with: {resume_cmd}",
+            file=sys.stderr,
+        )
+        return 128 + int(signal.SIGINT)
+    if result.status == "interrupted":
+        name = signal.Signals(result.signal or signal.SIGINT).name
+        where = f"epoch {result.epoch}"
+        if trainer.train_loader.batch:
+            where = f"epoch {result.epoch + 1}, batch {trainer.train_loader.batch}"
+        print(
+            f"stopped by {name} at {where}; checkpoint saved in {out / CHECKPOINT_FILE}\n"
+            f"continue with: {resume_cmd}",
+            file=sys.stderr,
+        )
+        return 128 + int(result.signal or signal.SIGINT)
+
+    if result.history:
+        last = result.history[-1]
+        best = max(result.history, key=lambda r: r["test_acc"])
+        print(
+            f"done: {result.epoch} epochs, {time.perf_counter() - start:.1f} s this session "
+            f"({last['total_train_time_s']:.1f} s of training steps in all). "
+            f"Test accuracy {100 * last['test_acc']:.2f}% "
+            f"(best {100 * best['test_acc']:.2f}% at epoch {best['epoch']})"
+        )
+    print(f"outputs in {out}/:")
+    files = [
+        (CHECKPOINT_FILE, f"weights, optimiser, schedule, RNG state (resume: {resume_cmd})"),
+        (METRICS_FILE, "one JSON line per epoch"),
+        (CONFIG_FILE, "the settings"),
+        (PLOT_FILE, "loss and accuracy curves"),
+    ]
+    for name, what in files:
+        if (out / name).exists():
+            print(f"  {name:<16} {what}")
+    return EXIT_OK
+
+
+def _draw_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Plot if there is something to plot and matplotlib is installed; never fail the run."""
+    if not history:
+        return
+    from . import plots
+
+    if not plots.matplotlib_available():
+        print(
+            f"note: matplotlib is not installed, so no {path.name} "
+            "(pip install 'minires[train]'); the numbers are in metrics.jsonl",
+            file=sys.stderr,
+        )
+        return
+    try:
+        plots.plot_curves(history, path, title)
+    except Exception as e:  # a plot is a convenience: report, do not lose the run's status
+        print(f"note: could not draw {path}: {e}", file=sys.stderr)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    result = evaluate_checkpoint(
+        path,
+        data=args.data,
+        data_dir=args.data_dir,
+        num_test=args.num_test,
+        batch_size=args.batch_size,
+        device=args.device,
+        model_name=args.model,
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['checkpoint']} ({result['model']}, epoch {result['epoch']}) on "
+            f"{result['num_test']} {result['data']} test images: "
+            f"loss {result['test_loss']:.4f}, accuracy {100 * result['test_acc']:.2f}%"
+        )
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from . import models
+
+    names = args.names or models.list_models()
+    unknown = [n for n in names if n not in models.list_models()]
+    if unknown:
+        raise UserError(
+            f"unknown model {', '.join(map(repr, unknown))}; valid names: "
+            f"{', '.join(models.list_models())}"
+        )
+    print(f"{'model':<12}{'parameters':>14}  kind")
+    for name in names:
+        model = models.get_model(name)
+        kind = type(model).__name__
+        if kind == "CifarResNet":
+            kind = "CIFAR, 3x32x32 input" + ("" if model.residual else ", no shortcuts")
+        elif kind == "ResNet":
+            kind = "ImageNet (torchvision layout), 3x224x224 input"
+        print(f"{name:<12}{models.count_parameters(model):>14,}  {kind}", flush=True)
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        from . import bench
+    except ImportError as e:
+        raise UserError(f"minires bench is not available in this install: {e}") from None
+    parser = argparse.ArgumentParser(prog="minires bench", description=bench.__doc__)
+    bench.add_arguments(parser)
+    return int(bench.main(parser.parse_args(args.bench_args)) or 0)
+
+
+# --------------------------------------------------------------------------- #
+# Entry point
+# --------------------------------------------------------------------------- #
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line `argv` (default: sys.argv[1:]) and return the exit status."""
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if args.command == "bench":
+            args.bench_args = extra
+        elif extra:
+            parser.parse_args(argv)  # argparse's own "unrecognized arguments" error
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        return args.func(args)
+    except SystemExit as e:  # argparse: --help, --version, or a usage error (already printed)
+        return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_USAGE)
+    except (UserError, CheckpointError, DataError) as e:
+        print(f"minires: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingDiverged as e:
+        print(f"minires: error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except KeyboardInterrupt:  # outside the training loop (which handles its own)
+        print("minires: interrupted", file=sys.stderr)
+        return 128 + int(signal.SIGINT)
+    except BrokenPipeError:  # `minires models | head`: the reader left; not an error
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
