@@ -76,12 +76,15 @@ NUM_CLASSES = 10  # all three have ten classes
 SCHEDULES = ("cosine", "step", "constant")
 DEVICES = ("cpu", "cuda")
 
-# Defaults that depend on the data set. The digits default is tuned so that
-# a bare `minires train` reaches >= 97% test accuracy in well under three
-# minutes on a 2-core CPU; cifar10's is He et al. 2016's recipe for ResNet-20
-# (64k iterations at batch 128 = 164 epochs, lr / 10 at 50% and 75%).
+# Defaults that depend on the data set. The digits default is what a bare
+# `minires train` runs: the goal is >= 97% test accuracy in under three
+# minutes on a 2-core CPU; measured, it reaches 98.9-99.4% (seeds 0-4) in
+# about 12 s. (12 epochs take 7 s but end at 98.3-99.4%: less margin.) The
+# digits are 1-channel; the CIFAR nets take 3, so the channel is repeated
+# (see make_transforms). cifar10's defaults are He et al. 2016's recipe for
+# ResNet-20 (64k iterations at batch 128 = 164 epochs, lr / 10 at 50% and 75%).
 DATA_DEFAULTS: dict[str, dict[str, Any]] = {
-    "digits": {"model": "resnet20", "epochs": 12, "batch_size": 64, "weight_decay": 5e-4},
+    "digits": {"model": "resnet20", "epochs": 20, "batch_size": 64, "weight_decay": 5e-4},
     "procedural": {
         "model": "resnet20",
         "epochs": 10,
@@ -107,7 +110,7 @@ class TrainConfig:
     model: str = "resnet20"
     data: str = "digits"
     data_dir: str | None = None  # the CIFAR-10 folder; unused by digits / procedural
-    epochs: int = 12
+    epochs: int = 20
     batch_size: int = 64
     lr: float = 0.1
     momentum: float = 0.9

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 
 import minires
+import minires.plots
 from minires.checkpoint import load_checkpoint
 from minires.cli import default_out_dir, main
-from minires.train import TrainConfig, Trainer, TrainingDiverged
+from minires.train import Progress, TrainConfig, Trainer, TrainingDiverged
 
 REPO = Path(minires.__file__).resolve().parents[1]
 TINY = ["--num-train", "96", "--num-test", "40", "--batch-size", "32", "--progress", "none"]
@@ -33,8 +34,16 @@ def train(out: Path, *extra: str, epochs: int = 2) -> int:
     return main(["train", *TINY, "--epochs", str(epochs), "--out", str(out), *extra])
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+def _env() -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # These GEMMs are tiny: a second BLAS thread only adds overhead here, and a
+    # great deal of it when other processes compete for the cores.
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    return env
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = _env()
     return subprocess.run(
         [sys.executable, "-m", "minires", *args],
         cwd=cwd,
@@ -122,6 +131,25 @@ def test_default_out_dir_never_reuses_a_run(tmp_path):
 def test_bench_is_delegated(capsys):
     assert main(["bench", "--help"]) == 0
     assert "--no-torch" in capsys.readouterr().out
+
+
+def test_progress_falls_back_to_text_without_tqdm(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # `import tqdm` now raises ImportError
+    assert Progress("auto").mode == "text" and Progress("bar").mode == "text"
+    assert Progress("none").mode == "none"
+    p = Progress("text", every_s=0.0)
+    p.start("epoch 2/5", total=4, done=1)
+    p.update(loss=0.25, acc=0.5, images_per_s=123.4)
+    line = capsys.readouterr().err
+    assert "epoch 2/5: 2/4 batches  loss 0.2500  acc 50.0%  123 img/s  ETA" in line
+
+
+def test_without_matplotlib_a_note_replaces_the_plot(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(minires.plots, "matplotlib_available", lambda: False)
+    assert train(tmp_path / "r", epochs=1) == 0
+    assert "matplotlib is not installed, so no curves.png" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "curves.png").exists()
+    assert (tmp_path / "r" / "metrics.jsonl").read_text().count("\n") == 1
 
 
 # --------------------------------------------------------------------------- #
@@ -344,9 +372,10 @@ def test_subprocess_train_and_eval(tmp_path):
     assert bad.stderr.startswith("minires: error:") and "Traceback" not in bad.stderr
 
 
-def test_subprocess_sigint_saves_and_resumes(tmp_path):
-    """A real Ctrl-C: the run stops after its current step, saves, and exits 130."""
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_subprocess_signal_saves_and_resumes(tmp_path, signum):
+    """A real Ctrl-C (or kill): the run stops after its current step, saves, exits 128 + signum."""
+    env = _env()
     # Many epochs: the run is still going when the signal arrives.
     proc = subprocess.Popen(
         [sys.executable, "-m", "minires", "train", *TINY, "--epochs", "1000", "--out", "r"],
@@ -362,11 +391,12 @@ def test_subprocess_sigint_saves_and_resumes(tmp_path):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no epoch finished in 120 s"
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "SIGINT: stopping after this step" in err
-    assert "stopped by SIGINT" in err and "--resume" in err and "Traceback" not in err
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum, err
+    assert f"{name}: stopping after this step" in err
+    assert f"stopped by {name}" in err and "--resume" in err and "Traceback" not in err
 
     state = load_checkpoint(tmp_path / "r" / "checkpoint.npz")
     step = state["scheduler"]["last_epoch"]
