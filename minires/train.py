@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -45,10 +46,10 @@ from typing import Any
 
 import numpy as np
 
+from . import __version__, models, optim
 from . import checkpoint as ckpt
 from . import data as mdata
 from . import functional as F
-from . import models, optim
 from .autograd import Tensor, no_grad
 from .nn import Conv2d, Module
 from .nn import init as nn_init
@@ -455,6 +456,19 @@ class Progress:
 # --------------------------------------------------------------------------- #
 
 
+def _say(text: str) -> None:
+    """Write to stderr in a way that is safe inside a signal handler.
+
+    The handler runs between two bytecodes of the main thread, possibly in
+    the middle of a print() to stderr (the progress bar's); a second print()
+    to the same stream would raise "reentrant call". os.write has no such lock.
+    """
+    try:
+        os.write(sys.stderr.fileno(), text.encode())
+    except (OSError, ValueError, AttributeError):  # no file descriptor (e.g. captured)
+        print(text, end="", file=sys.stderr, flush=True)
+
+
 @contextmanager
 def _deferred_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
     """While inside, SIGINT / SIGTERM call `on_signal` instead of interrupting.
@@ -565,11 +579,9 @@ class Trainer:
         """Stop after the current step, saving a checkpoint of it (what Ctrl-C does)."""
         self._stop_signal = signum if signum is not None else int(signal.SIGINT)
         name = signal.Signals(self._stop_signal).name
-        print(
+        _say(
             f"\n{name}: stopping after this step and saving a checkpoint "
-            "(press Ctrl-C again to abort now)",
-            file=sys.stderr,
-            flush=True,
+            "(press Ctrl-C again to abort now)\n"
         )
 
     # -- setting up ----------------------------------------------------------
@@ -617,13 +629,8 @@ class Trainer:
 
     def _restore(self, saved: dict[str, Any]) -> None:
         load_model_state(self.model, saved["model"], f"the checkpoint {str(self.ckpt_path)!r}")
-        opt_state = saved["optimizer"]
-        if self.cfg.device != "cpu":  # momentum buffers go where their parameters are
-            for s in opt_state["state"].values():
-                for k, v in s.items():
-                    if isinstance(v, np.ndarray):
-                        s[k] = to_device(v, self.cfg.device)
-        self.opt.load_state_dict(opt_state)
+        # (Momentum buffers are copied to wherever their parameters live.)
+        self.opt.load_state_dict(saved["optimizer"])
         self.sched.load_state_dict(saved["scheduler"])
         self.train_loader.load_state_dict(saved["loader"])
         nn_init.get_generator().bit_generator.state = saved["rng"]["init"]
@@ -666,8 +673,6 @@ class Trainer:
             raise UserError(f"cannot write the checkpoint {str(self.ckpt_path)!r}: {e}") from None
 
     def _write_config(self) -> None:
-        from . import __version__
-
         text = json.dumps({"minires_version": __version__, **self.cfg.to_dict()}, indent=2)
         ckpt.atomic_write(self.out_dir / CONFIG_FILE, lambda f: f.write(text.encode() + b"\n"))
 
@@ -685,10 +690,7 @@ class Trainer:
 
     def run(self, on_step: Callable[[Trainer], None] | None = None) -> RunResult:
         """Train to cfg.epochs (or until stopped). `on_step(self)` runs after every step."""
-        try:
-            self._setup()
-        except MemoryError:
-            raise UserError("out of memory while loading the data or building the model") from None
+        self._setup()
         cfg = self.cfg
         self._write_config()
         self._rewrite_metrics()
@@ -699,10 +701,12 @@ class Trainer:
             f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr:g} ({cfg.schedule}), "
             f"{cfg.device}"
         )
-        if self.saved:
+        if self.saved and self.epoch < cfg.epochs:
+            batch = self.train_loader.batch
             self.log(
-                f"  continuing from epoch {self.epoch}"
-                + (f", batch {self.train_loader.batch}" if self.train_loader.batch else "")
+                f"  continuing in epoch {self.epoch + 1} at batch {batch + 1}"
+                if batch
+                else f"  continuing after epoch {self.epoch}"
             )
         status = "finished"
         # Overflow / invalid-value warnings would only repeat, less clearly, what
@@ -741,6 +745,7 @@ class Trainer:
                 self.opt.zero_grad()
                 loss.backward()
                 self.opt.step()
+                p["lr"] = self.opt.param_groups[0]["lr"]  # the rate this step used
                 self.sched.step()
                 # The time since the last step ended: loading and augmenting
                 # the batch count too, evaluation does not.
@@ -787,7 +792,7 @@ class Trainer:
         record = {
             "epoch": self.epoch,
             "step": self.sched.last_epoch,
-            "lr": self.opt.param_groups[0]["lr"],
+            "lr": p["lr"],  # of the epoch's last step
             "train_loss": p["loss_sum"] / max(p["seen"], 1),
             "train_acc": p["correct"] / max(p["seen"], 1),
             "test_loss": test_loss,
@@ -811,7 +816,7 @@ class Trainer:
 
 
 def _new_partial() -> dict[str, Any]:
-    return {"loss_sum": 0.0, "correct": 0, "seen": 0, "time_s": 0.0}
+    return {"loss_sum": 0.0, "correct": 0, "seen": 0, "time_s": 0.0, "lr": 0.0}
 
 
 def ckpt_load(path: Path) -> dict[str, Any]:
