@@ -80,7 +80,8 @@ DEVICES = ("cpu", "cuda")
 # Defaults that depend on the data set. The digits default is what a bare
 # `minires train` runs: the goal is >= 97% test accuracy in under three
 # minutes on a 2-core CPU; measured, it reaches 98.9-99.4% (seeds 0-4) in
-# about 12 s. (12 epochs take 7 s but end at 98.3-99.4%: less margin.) The
+# about 12 s on an idle machine (~2 min when other processes fight for the
+# cores). 12 epochs take 7 s but end at 98.3-99.4%: less margin. The
 # digits are 1-channel; the CIFAR nets take 3, so the channel is repeated
 # (see make_transforms). cifar10's defaults are He et al. 2016's recipe for
 # ResNet-20 (64k iterations at batch 128 = 164 epochs, lr / 10 at 50% and 75%).
@@ -333,10 +334,8 @@ def check_device(device: str) -> None:
     except ImportError as e:  # the backend may be missing from an older install
         raise UserError(f"--device cuda: the CUDA backend cannot be loaded ({e})") from None
     if not cuda_backend.gpu_available():
-        raise UserError(
-            f"--device cuda: no usable GPU ({cuda_backend.gpu_unavailable_reason()}); "
-            "use --device cpu"
-        )
+        reason = cuda_backend.gpu_unavailable_reason().rstrip(". ")
+        raise UserError(f"--device cuda: no usable GPU. {reason}. Use --device cpu instead.")
 
 
 def to_device(x: np.ndarray, device: str) -> Any:
