@@ -115,6 +115,19 @@ def _torch_runner(model_name: str, batch: int, device: str, seed: int, threads: 
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory, in MiB.
+
+    Linux's VmHWM belongs to the address space, which exec() makes anew;
+    getrusage's ru_maxrss can carry the parent's high-water mark into a
+    child started by fork + exec, which would hide the child's own peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
