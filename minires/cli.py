@@ -1,10 +1,11 @@
-"""The ``minires`` command: train, eval, models, bench.
+"""The ``minires`` command: train, eval, models, gradcheck, bench.
 
     minires train                        ResNet-20 on the embedded digits: ~99% in ~15 s
     minires train --data cifar10 --data-dir ~/data --out runs/c10
     minires train --out runs/c10 --resume          continue a stopped run exactly
     minires eval --checkpoint runs/c10             test loss and accuracy of a run
     minires models                                 the model names and their sizes
+    minires gradcheck                              check every op's backward, float64
     minires bench --model resnet20                 time a training step (vs PyTorch)
 
 Exit status: 0 done; 1 training diverged (NaN/inf loss); 2 a usage error or a
@@ -40,6 +41,7 @@ from .train import (
     Trainer,
     TrainingDiverged,
     UserError,
+    check_device,
     evaluate_checkpoint,
 )
 
@@ -158,6 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the model names and their parameter counts")
     m.add_argument("names", nargs="*", metavar="NAME", help="only these models")
     m.set_defaults(func=cmd_models)
+
+    # -- gradcheck -----------------------------------------------------------
+    g = sub.add_parser(
+        "gradcheck",
+        help="check every op's gradient against finite differences (float64)",
+        description="Gradcheck every op, two residual blocks and a small ResNet, "
+        "in float64, and print a table. Exit status 1 if any check fails.",
+    )
+    g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(func=cmd_gradcheck)
 
     # -- bench ---------------------------------------------------------------
     # Its options belong to minires/bench.py (add_arguments), which is only
@@ -308,6 +321,13 @@ def cmd_models(args: argparse.Namespace) -> int:
             kind = "ImageNet (torchvision layout), 3x224x224 input"
         print(f"{name:<12}{models.count_parameters(model):>14,}  {kind}", flush=True)
     return EXIT_OK
+
+
+def cmd_gradcheck(args: argparse.Namespace) -> int:
+    from . import selfcheck
+
+    check_device(args.device)
+    return EXIT_OK if selfcheck.run(args.device, args.seed) else 1
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

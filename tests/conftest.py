@@ -9,8 +9,14 @@ Hypothesis profiles (choose with HYPOTHESIS_PROFILE=<name>, default "ci"):
 
 from __future__ import annotations
 
-import math
 import os
+
+# Tests use small arrays, where BLAS threads only add overhead, and CI shares
+# its two cores: with other processes competing, a 2-thread OpenBLAS waits on
+# its spinning threads and runs 5-20x slower. Set before NumPy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import math  # noqa: E402
 from dataclasses import dataclass
 
 import numpy as np
