@@ -33,8 +33,19 @@ def _cells(nb) -> list[tuple[str, str]]:
     return [(c.cell_type, c.source.strip()) for c in nb.cells]
 
 
-def test_there_are_tutorials():
-    assert len(SOURCES) >= 1, f"expected notebooks in {TUTORIALS}"
+EXPECTED = [
+    "01_autograd",
+    "02_im2col",
+    "03_batchnorm_relu",
+    "04_residual_block",
+    "05_residual_gradient",
+    "06_degradation",
+    "07_gpu",
+]
+
+
+def test_every_tutorial_is_there():
+    assert [p.stem for p in SOURCES] == EXPECTED, f"tutorials in {TUTORIALS}"
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=[p.stem for p in SOURCES])
