@@ -84,19 +84,19 @@ assert list(col[:, 0]) == [1, 2, 3, 5, 6, 7, 9, 10, 11]  # the top-left window, 
 assert list(col[0]) == [1, 2, 5, 6]  # offset (0, 0) of each window
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), gridspec_kw={"width_ratios": [1, 1.1]})
-axes[0].imshow(x[0, 0], cmap="Pastel1", vmin=0, vmax=30)
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), gridspec_kw={"width_ratios": [1, 1.1]})
+axes[0].imshow(x[0, 0], cmap="tab20", vmin=0.5, vmax=20.5)
 for (r, c), v in np.ndenumerate(x[0, 0]):
     axes[0].text(c, r, int(v), ha="center", va="center")
 axes[0].add_patch(plt.Rectangle((-0.45, -0.45), 2.9, 2.9, fill=False, lw=2, color="C0"))
 axes[0].add_patch(plt.Rectangle((0.55, 0.55), 2.9, 2.9, fill=False, lw=2, color="C3", ls="--"))
-axes[0].set_title("input 4×4: window (0,0) and window (1,1)")
-axes[1].imshow(col, cmap="Pastel1", vmin=0, vmax=30, aspect="auto")
+axes[0].set_title("input: windows (0,0) and (1,1)")
+axes[1].imshow(col, cmap="tab20", vmin=0.5, vmax=20.5, aspect="auto")
 for (r, c), v in np.ndenumerate(col):
     axes[1].text(c, r, int(v), ha="center", va="center")
 axes[1].set_xticks(range(4), ["(0,0)", "(0,1)", "(1,0)", "(1,1)"])
 axes[1].set_yticks(range(9), [f"({i},{j})" for i in range(3) for j in range(3)])
-axes[1].set_title("col: one column per window")
+axes[1].set_title("col: a column per window, a colour per pixel")
 for ax in axes[:1]:
     ax.set_xticks([])
     ax.set_yticks([])
