@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from . import parallel
 from .backends import get_array_module, is_cupy_array
 
 Array = Any  # numpy.ndarray or cupy.ndarray
@@ -370,7 +371,8 @@ class Function:
         tensors = [as_tensor(x, like) for x in inputs]
         record = Config.enable_backprop and any(t.requires_grad for t in tensors)
         self.needs_input_grad = tuple(t.requires_grad for t in tensors)
-        ys = self.forward(*[t.data for t in tensors])
+        with parallel.blas_guard():
+            ys = self.forward(*[t.data for t in tensors])
         single = not isinstance(ys, tuple)
         outputs = [Tensor(y) for y in ((ys,) if single else ys)]
         if record:
@@ -456,26 +458,29 @@ def run_backward(root: Tensor, seed: Array, retain_graph: bool) -> None:
         store(root, seed)
         return
     push(root.creator)
-    while heap:
-        _, _, fn = heapq.heappop(heap)
-        gys = []
-        for ref, (shape, dtype) in zip(fn.outputs, fn.output_meta):
-            out = ref()
-            g = grads.pop(id(out), (None, None))[1] if out is not None else None
-            if out is not None and out._retain_grad and g is not None:
-                out.grad = own(g) if out.grad is None else out.grad + g
-            if g is None:
-                g = get_array_module(seed).zeros(shape, dtype=dtype)
-            gys.append(g)
-        gxs = fn.backward(*gys)
-        if not isinstance(gxs, tuple):
-            gxs = (gxs,)
-        for x, gx, wanted in zip(fn.inputs, gxs, fn.needs_input_grad):
-            if wanted and gx is not None:
-                _check_grad(fn, x, gx)
-                store(x, gx)
-        if not retain_graph:
-            fn.release()
+    # BLAS single-threaded during the walk when minires runs its own threads
+    # (see minires/parallel.py); a no-op otherwise.
+    with parallel.blas_guard():
+        while heap:
+            _, _, fn = heapq.heappop(heap)
+            gys = []
+            for ref, (shape, dtype) in zip(fn.outputs, fn.output_meta):
+                out = ref()
+                g = grads.pop(id(out), (None, None))[1] if out is not None else None
+                if out is not None and out._retain_grad and g is not None:
+                    out.grad = own(g) if out.grad is None else out.grad + g
+                if g is None:
+                    g = get_array_module(seed).zeros(shape, dtype=dtype)
+                gys.append(g)
+            gxs = fn.backward(*gys)
+            if not isinstance(gxs, tuple):
+                gxs = (gxs,)
+            for x, gx, wanted in zip(fn.inputs, gxs, fn.needs_input_grad):
+                if wanted and gx is not None:
+                    _check_grad(fn, x, gx)
+                    store(x, gx)
+            if not retain_graph:
+                fn.release()
 
 
 def _check_grad(fn: Function, x: Tensor, gx: Array) -> None:

@@ -4,8 +4,9 @@ A training step is forward, cross-entropy loss, backward and an SGD update
 (momentum 0.9, weight decay 5e-4), on a fixed batch of float32 images. When
 PyTorch is importable, the same architecture is built in PyTorch (not loaded
 from torchvision, which may be absent) and timed in the same process,
-alternating with minires, so that both see the same machine load. The report
-gives medians and the minires/PyTorch ratio, as a table and as one JSON line.
+alternating with minires in blocks of steps, so that both see the same
+machine load. The report gives medians and the minires/PyTorch ratio, as a
+table and as one JSON line.
 
 Peak memory of a step is measured the same way for both frameworks: each
 runs two training steps in a fresh child process, and the growth of the
@@ -183,15 +184,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["minires_train_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
 
-    # Alternate the two frameworks so that both see the same machine load.
+    # Alternate the two frameworks in blocks of steps, so that a drift in the
+    # machine's load hits both. Between blocks, pause: PyTorch's OpenMP
+    # threads (and OpenBLAS's) keep spinning for a while after their work,
+    # and would otherwise steal the cores from the first steps of the other.
     mr_times: list[float] = []
     th_times: list[float] = []
-    for _ in range(args.steps):
-        mr_times += _median_time(mr_train, 1, mr_sync)
+    block = max(1, min(args.block, args.steps))
+    while len(mr_times) < args.steps:
+        mr_times += _median_time(mr_train, block, mr_sync)
+        time.sleep(args.pause)
         if torch_runner:
-            th_times += _median_time(torch_runner[0], 1, torch_runner[2])
+            th_times += _median_time(torch_runner[0], block, torch_runner[2])
+            time.sleep(args.pause)
     result["minires_train_img_s"] = batch / statistics.median(mr_times)
     mr_inf = _median_time(mr_infer, args.steps, mr_sync)
+    time.sleep(args.pause)
     result["minires_infer_img_s"] = batch / statistics.median(mr_inf)
     if torch_runner:
         result["torch_train_img_s"] = batch / statistics.median(th_times)
@@ -246,6 +254,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median is reported)")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--block", type=int, default=5, help="steps run back to back before switching framework"
+    )
+    parser.add_argument(
+        "--pause", type=float, default=0.5, help="seconds of rest when switching framework"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import shifted_conv
+from . import parallel, shifted_conv
 from .autograd import Function, Tensor, as_tensor, flatten, relu
 from .backends import get_array_module, get_backend, is_cupy_array
 from .backends.numpy_backend import out_size
@@ -167,7 +167,7 @@ class Conv2d(Function):
                 col = xc.reshape(C, -1)  # a 1x1 convolution needs no copy
             else:
                 col = backend.im2col(xc, kh, kw, sh, sw, ph, pw)
-            y = (w.reshape(F, -1) @ col).reshape(F, N, OH, OW)
+            y = self._matmul(w.reshape(F, -1), col).reshape(F, N, OH, OW)
         if b is not None:
             y += b[:, None, None, None]
         self.xc, self.w, self.backend = xc, w, backend
@@ -190,7 +190,7 @@ class Conv2d(Function):
         gx = gw = None
         one_by_one = (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0)
         if need_x:
-            gcol = self.w.reshape(F, -1).T @ gy2
+            gcol = self._matmul(self.w.reshape(F, -1).T, gy2)
             if one_by_one:
                 gxc = gcol.reshape(self.xc.shape)
             else:
@@ -201,8 +201,16 @@ class Conv2d(Function):
                 col = self.xc.reshape(C, -1)
             else:
                 col = self.backend.im2col(self.xc, kh, kw, sh, sw, ph, pw)
-            gw = (gy2 @ col.T).reshape(self.w.shape)
+            gw = self._matmul_t(gy2, col).reshape(self.w.shape)
         return gx, gw, gb
+
+    def _matmul(self, a: Array, b: Array) -> Array:
+        """a @ b; on the CPU with the columns of b shared among threads."""
+        return a @ b if is_cupy_array(a) else parallel.matmul(a, b)
+
+    def _matmul_t(self, a: Array, b: Array) -> Array:
+        """a @ b.T; on the CPU with the shared dimension split among threads."""
+        return a @ b.T if is_cupy_array(a) else parallel.matmul_t(a, b)
 
 
 def conv2d(

@@ -39,7 +39,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .backends import get_array_module
+from . import parallel
+from .backends import get_array_module, is_cupy_array
 
 Array = Any
 
@@ -111,8 +112,32 @@ def pad_flat(xc: Array, g: Geometry) -> Array:
     C = xc.shape[0]
     flat = xp.zeros((C, g.L + g.tail), dtype=xc.dtype)
     grid = flat[:, g.lead : g.lead + g.L].reshape(C, g.N, g.Hg, g.Wg)
-    grid[:, :, : g.H, : g.W] = xc
+
+    def copy(rows: slice) -> None:
+        grid[rows, :, : g.H, : g.W] = xc[rows]
+
+    _for_channels(xc, copy)
     return flat
+
+
+def crop(grid: Array, rows: int, cols: int) -> Array:
+    """A contiguous copy of grid[:, :, :rows, :cols] (channel-parallel on the CPU)."""
+    xp = get_array_module(grid)
+    out = xp.empty(grid.shape[:2] + (rows, cols), dtype=grid.dtype)
+
+    def copy(channels: slice) -> None:
+        out[channels] = grid[channels, :, :rows, :cols]
+
+    _for_channels(grid, copy)
+    return out
+
+
+def _for_channels(array: Array, body) -> None:
+    """body(channels) over the channel axis: shared among threads on the CPU."""
+    if is_cupy_array(array):
+        body(slice(None))  # one launch on the GPU
+    else:
+        parallel.for_rows(array.shape[0], body, work=array.size)
 
 
 def _chunk(n_rows: int, L: int) -> int:
@@ -132,40 +157,68 @@ def _columns(src: Array, offsets: list[int], a: int, b: int, out: Array) -> Arra
     return cols.reshape(C * K, b - a)
 
 
+def _parallel(src: Array) -> bool:
+    return not is_cupy_array(src) and parallel.enabled()
+
+
 def shifted_matmul(weights: Array, src: Array, offsets: list[int], L: int) -> Array:
-    """(F, C*K) @ shifted-columns(src) -> (F, L), one cache-sized chunk at a time."""
+    """(F, C*K) @ shifted-columns(src) -> (F, L), one cache-sized chunk at a time.
+
+    On the CPU the chunks are shared out among threads (minires/parallel.py):
+    worker w of n takes chunks w, w + n, ..., with a column buffer of its own,
+    and writes only its own columns of ``out``.
+    """
     xp = get_array_module(src)
     C, K, F = src.shape[0], len(offsets), weights.shape[0]
     out = xp.empty((F, L), dtype=src.dtype)
     step = _chunk(C * K, L)
-    buffer = xp.empty((C, K, step), dtype=src.dtype)
-    for a in range(0, L, step):
-        b = min(a + step, L)
-        out[:, a:b] = weights @ _columns(src, offsets, a, b, buffer)
+
+    def work(worker: int, n_workers: int) -> None:
+        buffer = xp.empty((C, K, step), dtype=src.dtype)
+        for a in range(worker * step, L, n_workers * step):
+            b = min(a + step, L)
+            out[:, a:b] = weights @ _columns(src, offsets, a, b, buffer)
+
+    if _parallel(src):
+        parallel.run_workers(work)
+    else:
+        work(0, 1)
     return out
 
 
 def shifted_matmul_t(gy: Array, src: Array, offsets: list[int]) -> Array:
-    """gy (F, L) @ shifted-columns(src).T -> (F, C*K): the weight gradient."""
+    """gy (F, L) @ shifted-columns(src).T -> (F, C*K): the weight gradient.
+
+    Each worker sums the products of its own chunks; the partial sums are
+    added at the end.
+    """
     xp = get_array_module(src)
     C, K = src.shape[0], len(offsets)
     F, L = gy.shape
-    total = xp.zeros((F, C * K), dtype=src.dtype)
     step = _chunk(C * K, L)
-    buffer = xp.empty((C, K, step), dtype=src.dtype)
-    for a in range(0, L, step):
-        b = min(a + step, L)
-        total += gy[:, a:b] @ _columns(src, offsets, a, b, buffer).T
-    return total
+
+    def work(worker: int, n_workers: int) -> Array:
+        total = xp.zeros((F, C * K), dtype=src.dtype)
+        buffer = xp.empty((C, K, step), dtype=src.dtype)
+        for a in range(worker * step, L, n_workers * step):
+            b = min(a + step, L)
+            total += gy[:, a:b] @ _columns(src, offsets, a, b, buffer).T
+        return total
+
+    if _parallel(src):
+        partial = parallel.run_workers(work)
+        total = partial[0]
+        for p in partial[1:]:
+            total += p
+        return total
+    return work(0, 1)
 
 
 def conv_forward(xc: Array, w: Array, g: Geometry) -> Array:
     """xc (C, N, H, W), w (F, C, kh, kw) -> y (F, N, OH, OW), channel-major."""
-    xp = get_array_module(xc)
     F = w.shape[0]
     y_full = shifted_matmul(w.reshape(F, -1), pad_flat(xc, g), g.shifts, g.L)
-    grid = y_full.reshape(F, g.N, g.Hg, g.Wg)
-    return xp.ascontiguousarray(grid[:, :, : g.OH, : g.OW])
+    return crop(y_full.reshape(F, g.N, g.Hg, g.Wg), g.OH, g.OW)
 
 
 def conv_backward(
@@ -180,7 +233,11 @@ def conv_backward(
     front = g.tail
     gy_ext = xp.zeros((F, front + g.L + g.lead), dtype=gyc.dtype)
     gy_grid = gy_ext[:, front : front + g.L].reshape(F, g.N, g.Hg, g.Wg)
-    gy_grid[:, :, : g.OH, : g.OW] = gyc
+
+    def copy(rows: slice) -> None:
+        gy_grid[rows, :, : g.OH, : g.OW] = gyc[rows]
+
+    _for_channels(gyc, copy)
     gx = gw = None
     if need_w:
         gy_full = gy_ext[:, front : front + g.L]
@@ -191,5 +248,5 @@ def conv_backward(
         w_t = xp.ascontiguousarray(w.transpose(1, 0, 2, 3)).reshape(C, -1)
         back = [front + g.lead - s for s in g.shifts]
         gx_grid = shifted_matmul(w_t, gy_ext, back, g.L).reshape(C, g.N, g.Hg, g.Wg)
-        gx = xp.ascontiguousarray(gx_grid[:, :, : g.H, : g.W])
+        gx = crop(gx_grid, g.H, g.W)
     return gx, gw

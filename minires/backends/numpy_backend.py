@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import parallel
+
 # --------------------------------------------------------------------------
 # im2col / col2im
 # --------------------------------------------------------------------------
@@ -35,9 +37,13 @@ def im2col(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int) 
     if ph or pw:
         x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     col = np.empty((C, kh, kw, N, OH, OW), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            col[:, i, j] = x[:, :, i : i + sh * OH : sh, j : j + sw * OW : sw]
+
+    def channels(c: slice) -> None:  # blocks of channels run on all cores
+        for i in range(kh):
+            for j in range(kw):
+                col[c, i, j] = x[c, :, i : i + sh * OH : sh, j : j + sw * OW : sw]
+
+    parallel.for_rows(C, channels, work=col.size)
     return col.reshape(C * kh * kw, N * OH * OW)
 
 
@@ -61,9 +67,13 @@ def col2im(
     OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
     col6 = col.reshape(C, kh, kw, N, OH, OW)
     x = np.zeros((C, N, H + 2 * ph, W + 2 * pw), dtype=col.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            x[:, :, i : i + sh * OH : sh, j : j + sw * OW : sw] += col6[:, i, j]
+
+    def channels(c: slice) -> None:
+        for i in range(kh):
+            for j in range(kw):
+                x[c, :, i : i + sh * OH : sh, j : j + sw * OW : sw] += col6[c, i, j]
+
+    parallel.for_rows(C, channels, work=col.size)
     if ph or pw:
         x = np.ascontiguousarray(x[:, :, ph : ph + H, pw : pw + W])
     return x
@@ -83,23 +93,34 @@ def batch_norm_forward(
     running_var: np.ndarray | None,
     momentum: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Normalise each row of x (C, M) with its own mean and variance."""
-    M = x.shape[1]
-    mean = x.mean(axis=1)
-    xhat = x - mean[:, None]
-    # einsum sums the squares without materialising xhat**2.
-    var = np.einsum("cm,cm->c", xhat, xhat) / M
-    inv_std = 1.0 / np.sqrt(var + eps)
-    xhat *= inv_std[:, None]
-    y = xhat * gamma[:, None]
-    y += beta[:, None]
-    if running_mean is not None:
-        # PyTorch keeps the *unbiased* variance in its running estimate.
-        unbiased = var * (M / max(M - 1, 1))
-        running_mean *= 1.0 - momentum
-        running_mean += momentum * mean
-        running_var *= 1.0 - momentum
-        running_var += momentum * unbiased
+    """Normalise each row of x (C, M) with its own mean and variance.
+
+    Channels are independent, so blocks of them are shared among the CPU's
+    threads (minires/parallel.py), as the CUDA kernel gives each channel a
+    block of threads.
+    """
+    C, M = x.shape
+    y, xhat = np.empty_like(x), np.empty_like(x)
+    inv_std = np.empty(C, dtype=x.dtype)
+
+    def channels(c: slice) -> None:
+        mean = x[c].mean(axis=1)
+        np.subtract(x[c], mean[:, None], out=xhat[c])
+        # einsum sums the squares without materialising xhat**2.
+        var = np.einsum("cm,cm->c", xhat[c], xhat[c]) / M
+        inv_std[c] = 1.0 / np.sqrt(var + eps)
+        xhat[c] *= inv_std[c, None]
+        np.multiply(xhat[c], gamma[c, None], out=y[c])
+        y[c] += beta[c, None]
+        if running_mean is not None:
+            # PyTorch keeps the *unbiased* variance in its running estimate.
+            unbiased = var * (M / max(M - 1, 1))
+            running_mean[c] *= 1.0 - momentum
+            running_mean[c] += momentum * mean
+            running_var[c] *= 1.0 - momentum
+            running_var[c] += momentum * unbiased
+
+    parallel.for_rows(C, channels, work=x.size)
     return y, xhat, inv_std
 
 
@@ -114,13 +135,19 @@ def batch_norm_backward(
         gx     = gamma * inv_std * (gy - gbeta/M - xhat * ggamma/M)
     The two sums are the gradient flowing back through mean and variance.
     """
-    M = gy.shape[1]
-    gbeta = gy.sum(axis=1)
-    ggamma = np.einsum("cm,cm->c", gy, xhat)
-    gx = xhat * (-ggamma / M)[:, None]
-    gx += gy
-    gx -= (gbeta / M)[:, None]
-    gx *= (gamma * inv_std)[:, None]
+    C, M = gy.shape
+    gx = np.empty_like(gy)
+    ggamma, gbeta = np.empty(C, dtype=gy.dtype), np.empty(C, dtype=gy.dtype)
+
+    def channels(c: slice) -> None:
+        gbeta[c] = gy[c].sum(axis=1)
+        ggamma[c] = np.einsum("cm,cm->c", gy[c], xhat[c])
+        np.multiply(xhat[c], (-ggamma[c] / M)[:, None], out=gx[c])
+        gx[c] += gy[c]
+        gx[c] -= (gbeta[c] / M)[:, None]
+        gx[c] *= (gamma[c] * inv_std[c])[:, None]
+
+    parallel.for_rows(C, channels, work=gy.size)
     return gx, ggamma, gbeta
 
 
@@ -129,15 +156,37 @@ def batch_norm_backward(
 # --------------------------------------------------------------------------
 
 
+def _rows_of(*arrays: np.ndarray) -> list[np.ndarray] | None:
+    """The arrays as C-contiguous (rows, ...) arrays of the same memory, if they
+    all share one layout (NCHW, or the channel-major NCHW view); else None."""
+    if all(a.flags.c_contiguous for a in arrays):
+        return list(arrays)
+    if all(a.ndim >= 2 and a.swapaxes(0, 1).flags.c_contiguous for a in arrays):
+        return [a.swapaxes(0, 1) for a in arrays]
+    return None
+
+
 def relu_forward(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, 0)
+    y = np.empty_like(x)  # same memory layout as x
+    rows = _rows_of(x, y)
+    if rows is None or x.ndim == 0:
+        return np.maximum(x, 0)
+    xr, yr = rows
+    parallel.for_rows(len(xr), lambda r: np.maximum(xr[r], 0, out=yr[r]), work=x.size)
+    return y
 
 
 def relu_backward(gy: np.ndarray, y: np.ndarray) -> np.ndarray:
     # y > 0 exactly where x > 0; at x == 0 the gradient is taken as 0.
     # (Multiplying by the boolean mask is ~10x faster than np.where with a
     # scalar, and bool * float32 stays float32.)
-    return gy * (y > 0)
+    gx = np.empty_like(y)
+    rows = _rows_of(gy, y, gx)
+    if rows is None or y.ndim == 0:
+        return gy * (y > 0)
+    gyr, yr, gxr = rows
+    parallel.for_rows(len(yr), lambda r: np.multiply(gyr[r], yr[r] > 0, out=gxr[r]), work=y.size)
+    return gx
 
 
 # --------------------------------------------------------------------------
