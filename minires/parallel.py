@@ -89,11 +89,21 @@ def run_workers(work: Callable[[int, int], Any]) -> list[Any]:
     the threads never write to the same memory. Only called when enabled().
     """
     global _pool
+    import numpy as np
+
     n = _num_threads
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="minires")
+    # NumPy's floating-point error settings (np.errstate) belong to the
+    # calling thread's context; the workers must follow the caller's.
+    errors = np.geterr()
+
+    def task(worker: int) -> Any:
+        with np.errstate(**errors):
+            return work(worker, n)
+
     with single_threaded_blas():
-        futures = [_pool.submit(work, w, n) for w in range(n)]
+        futures = [_pool.submit(task, w) for w in range(n)]
         return [f.result() for f in futures]
 
 
