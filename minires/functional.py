@@ -385,43 +385,49 @@ def _from_planes(p: Array, n: int, c: int, channel_major: bool) -> Array:
     return p.reshape(n, c, *p.shape[1:])
 
 
-class MaxPool2d(Function):
+class _Pool2d(Function):
+    """Pooling over each (H, W) plane; subclasses call their backend functions.
+
+    The planes are handed to the backend as one contiguous (P, H, W) array,
+    P = N*C, in whichever order (channel-major or NCHW) x is stored, so no
+    layout conversion is made; the output is returned in the same order.
+    """
+
     def __init__(self, kernel, stride, padding):
         self.args = (*kernel, *stride, *padding)
 
     def forward(self, x: Array) -> Array:
         N, C = x.shape[:2]
-        planes, self.cm = _to_planes(x)
+        planes, self.channel_major = _to_planes(x)
         self.backend = get_backend(x)
+        self.plane_shape = planes.shape
+        return _from_planes(self.pool(planes), N, C, self.channel_major)
+
+    def backward(self, gy: Array) -> Array:
+        N, C = gy.shape[:2]
+        if self.channel_major:
+            g = to_channel_major(gy)
+        else:
+            g = get_array_module(gy).ascontiguousarray(gy)
+        gx = self.unpool(g.reshape(-1, *gy.shape[2:]))
+        return _from_planes(gx, N, C, self.channel_major)
+
+
+class MaxPool2d(_Pool2d):
+    def pool(self, planes: Array) -> Array:
         y, self.argmax = self.backend.max_pool_forward(planes, *self.args)
-        self.plane_shape = planes.shape
-        return _from_planes(y, N, C, self.cm)
+        return y
 
-    def backward(self, gy: Array) -> Array:
-        N, C = gy.shape[:2]
-        g = to_channel_major(gy) if self.cm else get_array_module(gy).ascontiguousarray(gy)
-        g = g.reshape(-1, *gy.shape[2:])
-        gx = self.backend.max_pool_backward(g, self.argmax, self.plane_shape, *self.args)
-        return _from_planes(gx, N, C, self.cm)
+    def unpool(self, g: Array) -> Array:
+        return self.backend.max_pool_backward(g, self.argmax, self.plane_shape, *self.args)
 
 
-class AvgPool2d(Function):
-    def __init__(self, kernel, stride, padding):
-        self.args = (*kernel, *stride, *padding)
+class AvgPool2d(_Pool2d):
+    def pool(self, planes: Array) -> Array:
+        return self.backend.avg_pool_forward(planes, *self.args)
 
-    def forward(self, x: Array) -> Array:
-        N, C = x.shape[:2]
-        planes, self.cm = _to_planes(x)
-        self.backend = get_backend(x)
-        self.plane_shape = planes.shape
-        return _from_planes(self.backend.avg_pool_forward(planes, *self.args), N, C, self.cm)
-
-    def backward(self, gy: Array) -> Array:
-        N, C = gy.shape[:2]
-        g = to_channel_major(gy) if self.cm else get_array_module(gy).ascontiguousarray(gy)
-        g = g.reshape(-1, *gy.shape[2:])
-        gx = self.backend.avg_pool_backward(g, self.plane_shape, *self.args)
-        return _from_planes(gx, N, C, self.cm)
+    def unpool(self, g: Array) -> Array:
+        return self.backend.avg_pool_backward(g, self.plane_shape, *self.args)
 
 
 def _pool_args(op: str, x: Tensor, kernel_size, stride, padding):
