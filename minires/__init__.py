@@ -13,7 +13,7 @@ Example::
     (1, 2, 4, 4)
 """
 
-from . import data, functional, models, nn, optim
+from . import data, functional, models, nn, optim, parallel
 from .autograd import (
     Config,
     Function,
@@ -26,6 +26,7 @@ from .autograd import (
 )
 from .gradcheck import GradcheckError, gradcheck
 from .nn.init import manual_seed
+from .parallel import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
@@ -38,12 +39,15 @@ __all__ = [
     "enable_grad",
     "data",
     "functional",
+    "get_num_threads",
     "gradcheck",
     "is_grad_enabled",
     "manual_seed",
     "models",
     "nn",
     "optim",
+    "parallel",
+    "set_num_threads",
     "no_grad",
     "tensor",
 ]
