@@ -49,13 +49,20 @@ def get_num_threads() -> int:
 
 
 def _blas_controller() -> Any:
-    """threadpoolctl's controller, or False when threadpoolctl is not installed."""
+    """threadpoolctl's controller of NumPy's BLAS, or False when there is none.
+
+    False when threadpoolctl is not installed, or when it finds no BLAS
+    library it can limit: minires's threads would then each start BLAS's
+    own threads and oversubscribe the cores.
+    """
     global _controller
     if _controller is None:
         try:
             from threadpoolctl import ThreadpoolController
 
-            _controller = ThreadpoolController()
+            controller = ThreadpoolController()
+            found = controller.select(user_api="blas").lib_controllers
+            _controller = controller if found else False
         except ImportError:
             _controller = False
     return _controller
