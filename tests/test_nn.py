@@ -428,3 +428,40 @@ def test_repr_names_the_layers():
         "(bn): BatchNorm2d(3",
     ):
         assert piece in text
+
+
+# --------------------------------------------------------------------------
+# Forward hooks (PyTorch's register_forward_hook)
+# --------------------------------------------------------------------------
+
+
+def test_forward_hook_sees_inputs_and_output_and_can_be_removed() -> None:
+    layer = nn.Linear(3, 2)
+    seen = []
+    handle = layer.register_forward_hook(lambda m, inputs, out: seen.append((m, inputs, out)))
+    x = mr.tensor(np.ones((4, 3), np.float32))
+    y = layer(x)
+    assert len(seen) == 1 and seen[0][0] is layer and seen[0][1][0] is x and seen[0][2] is y
+    handle.remove()
+    layer(x)
+    assert len(seen) == 1
+
+
+def test_forward_hook_can_replace_the_output() -> None:
+    layer = nn.ReLU()
+    with layer.register_forward_hook(lambda m, inputs, out: out * 2.0):
+        y = layer(mr.tensor(np.array([1.0, -1.0], np.float32)))
+    np.testing.assert_array_equal(y.numpy(), [2.0, 0.0])
+    np.testing.assert_array_equal(layer(mr.tensor(np.array([1.0], np.float32))).numpy(), [1.0])
+
+
+def test_hooks_on_resnet_stages_fire_with_the_stage_shapes() -> None:
+    model = mr.models.resnet20()
+    shapes = {}
+    for name in ("layer1", "layer2", "layer3"):
+        getattr(model, name).register_forward_hook(
+            lambda m, inputs, out, name=name: shapes.__setitem__(name, out.shape)
+        )
+    with mr.no_grad():
+        model(mr.tensor(np.zeros((2, 3, 32, 32), np.float32)))
+    assert shapes == {"layer1": (2, 16, 32, 32), "layer2": (2, 32, 16, 16), "layer3": (2, 64, 8, 8)}

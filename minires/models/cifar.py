@@ -121,9 +121,13 @@ class CifarResNet(nn.Module):
         if not self.preact:
             x = self.relu(self.bn1(x))
         outs = [x]
-        for block in self.blocks():
-            x = block(x)
-            outs.append(x)
+        if return_block_outputs:
+            for block in self.blocks():
+                x = block(x)
+                outs.append(x)
+        else:  # through the stages, so that hooks on layer1..layer3 see their calls
+            for stage in (self.layer1, self.layer2, self.layer3):
+                x = stage(x)
         if self.preact:
             x = self.relu(self.final_bn(x))
         logits = self.fc(F.flatten(self.avgpool(x), 1))

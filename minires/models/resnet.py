@@ -103,9 +103,13 @@ class ResNet(nn.Module):
         """
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         outs = [x]
-        for block in self.blocks():
-            x = block(x)
-            outs.append(x)
+        if return_block_outputs:
+            for block in self.blocks():
+                x = block(x)
+                outs.append(x)
+        else:  # through the stages, so that hooks on layer1..layer4 see their calls
+            for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+                x = stage(x)
         logits = self.fc(F.flatten(self.avgpool(x), 1))
         return (logits, outs) if return_block_outputs else logits
 
