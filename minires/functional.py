@@ -152,30 +152,24 @@ class Conv2d(Function):
         self.stride, self.padding = stride, padding
 
     def forward(self, x: Array, w: Array, b: Array | None = None) -> Array:
-        backend = get_backend(x)
+        self.backend = get_backend(x)
         N, C, H, W = x.shape
         F, _, kh, kw = w.shape
         (sh, sw), (ph, pw) = self.stride, self.padding
-        xc = to_channel_major(x)
+        self.xc, self.w = to_channel_major(x), w
         if _use_shifted(x, self.stride, (kh, kw), self.padding):
             self.geometry = shifted_conv.Geometry(N, H, W, kh, kw, ph, pw)
-            y = shifted_conv.conv_forward(xc, w, self.geometry)
+            y = shifted_conv.conv_forward(self.xc, w, self.geometry)
         else:
             self.geometry = None
             OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
-            if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
-                col = xc.reshape(C, -1)  # a 1x1 convolution needs no copy
-            else:
-                col = backend.im2col(xc, kh, kw, sh, sw, ph, pw)
-            y = self._matmul(w.reshape(F, -1), col).reshape(F, N, OH, OW)
+            y = parallel.matmul(w.reshape(F, -1), self._im2col()).reshape(F, N, OH, OW)
         if b is not None:
             y += b[:, None, None, None]
-        self.xc, self.w, self.backend = xc, w, backend
         return from_channel_major(y)
 
     def backward(self, gy: Array) -> tuple[Array | None, ...]:
-        F, C, kh, kw = self.w.shape
-        (sh, sw), (ph, pw) = self.stride, self.padding
+        F = self.w.shape[0]
         gyc = to_channel_major(gy)
         gy2 = gyc.reshape(F, -1)
         need_x, need_w = self.needs_input_grad[:2]
@@ -188,29 +182,29 @@ class Conv2d(Function):
             )
             return (None if gxc is None else from_channel_major(gxc)), gw, gb
         gx = gw = None
-        one_by_one = (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0)
         if need_x:
-            gcol = self._matmul(self.w.reshape(F, -1).T, gy2)
-            if one_by_one:
-                gxc = gcol.reshape(self.xc.shape)
-            else:
-                gxc = self.backend.col2im(gcol, self.xc.shape, kh, kw, sh, sw, ph, pw)
-            gx = from_channel_major(gxc)
+            gx = from_channel_major(self._col2im(parallel.matmul(self.w.reshape(F, -1).T, gy2)))
         if need_w:
-            if one_by_one:
-                col = self.xc.reshape(C, -1)
-            else:
-                col = self.backend.im2col(self.xc, kh, kw, sh, sw, ph, pw)
-            gw = self._matmul_t(gy2, col).reshape(self.w.shape)
+            gw = parallel.matmul_t(gy2, self._im2col()).reshape(self.w.shape)
         return gx, gw, gb
 
-    def _matmul(self, a: Array, b: Array) -> Array:
-        """a @ b; on the CPU with the columns of b shared among threads."""
-        return a @ b if is_cupy_array(a) else parallel.matmul(a, b)
+    def _one_by_one(self) -> bool:
+        """A 1x1 kernel, stride 1, no padding: the input already is the column matrix."""
+        return self.w.shape[2:] == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
 
-    def _matmul_t(self, a: Array, b: Array) -> Array:
-        """a @ b.T; on the CPU with the shared dimension split among threads."""
-        return a @ b.T if is_cupy_array(a) else parallel.matmul_t(a, b)
+    def _im2col(self) -> Array:
+        """The column matrix (C*kh*kw, N*OH*OW) of the saved input."""
+        if self._one_by_one():
+            return self.xc.reshape(self.xc.shape[0], -1)
+        kh, kw = self.w.shape[2:]
+        return self.backend.im2col(self.xc, kh, kw, *self.stride, *self.padding)
+
+    def _col2im(self, gcol: Array) -> Array:
+        """The adjoint of _im2col: (C*kh*kw, N*OH*OW) -> (C, N, H, W)."""
+        if self._one_by_one():
+            return gcol.reshape(self.xc.shape)
+        kh, kw = self.w.shape[2:]
+        return self.backend.col2im(gcol, self.xc.shape, kh, kw, *self.stride, *self.padding)
 
 
 def conv2d(
@@ -285,15 +279,17 @@ class BatchNorm(Function):
         xc = to_channel_major(x)
         x2 = xc.reshape(C, -1)
         if self.training:
-            y2, self.xhat, self.inv_std = get_backend(x).batch_norm_forward(
+            self.backend = get_backend(x)
+            y2, self.xhat, self.inv_std = self.backend.batch_norm_forward(
                 x2, gamma, beta, self.eps, self.running_mean, self.running_var, self.momentum
             )
-            self.backend = get_backend(x)
         else:
             self.inv_std = 1.0 / xp.sqrt(self.running_var + self.eps)
             scale = gamma * self.inv_std
             y2 = x2 * scale[:, None]
             y2 += (beta - self.running_mean * scale)[:, None]
+            # xhat is needed only for the gradient of gamma.
+            self.xhat = None
             if self.affine and self.needs_input_grad[1]:
                 self.xhat = (x2 - self.running_mean[:, None]) * self.inv_std[:, None]
         self.gamma = gamma
@@ -311,7 +307,7 @@ class BatchNorm(Function):
         else:
             gx2 = gy2 * (self.gamma * self.inv_std)[:, None]
             gbeta = gy2.sum(axis=1)
-            ggamma = (gy2 * self.xhat).sum(axis=1) if hasattr(self, "xhat") else None
+            ggamma = None if self.xhat is None else (gy2 * self.xhat).sum(axis=1)
         gx = from_channel_major(gx2.reshape(gyc.shape))
         if not self.affine:
             return gx, None, None

@@ -141,9 +141,19 @@ def for_rows(n_rows: int, body: Callable[[slice], Any], work: int | None = None)
     run_workers(work)
 
 
+def _shareable(a: Any, work: int) -> bool:
+    """Whether a product on NumPy array ``a`` (``work`` outputs) should use the threads.
+
+    CuPy arrays never do: the GPU parallelises on its own.
+    """
+    import numpy as np
+
+    return isinstance(a, np.ndarray) and enabled() and work >= MIN_PARALLEL_WORK
+
+
 def matmul(a: Any, b: Any) -> Any:
     """a (M, K) @ b (K, N), the columns of b shared among the threads."""
-    if not enabled() or b.shape[1] * a.shape[0] < MIN_PARALLEL_WORK:
+    if not _shareable(a, a.shape[0] * b.shape[1]):
         return a @ b
     import numpy as np
 
@@ -162,7 +172,7 @@ def matmul_t(a: Any, b: Any) -> Any:
     """a (M, N) @ b.T for b (K, N): the long shared dimension N is split among
     the threads, and their partial products summed."""
     n = a.shape[1]
-    if not enabled() or n * a.shape[0] < MIN_PARALLEL_WORK:
+    if not _shareable(a, n * a.shape[0]):
         return a @ b.T
 
     def work(worker: int, n_workers: int) -> Any:
