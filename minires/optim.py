@@ -414,7 +414,7 @@ class _Warmup(LRScheduler):
         self,
         scheduler: LRScheduler | Optimizer,
         warmup_epochs: int,
-        start_factor: float,
+        start_factor: float = 0.1,
         last_epoch: int = -1,
     ) -> None:
         name = type(self).__name__
@@ -471,15 +471,6 @@ class LinearWarmup(_Warmup):
     factor(e) = start_factor + (1 - start_factor) * e / warmup_epochs  for e < warmup_epochs.
     """
 
-    def __init__(
-        self,
-        scheduler: LRScheduler | Optimizer,
-        warmup_epochs: int,
-        start_factor: float = 0.1,
-        last_epoch: int = -1,
-    ) -> None:
-        super().__init__(scheduler, warmup_epochs, start_factor, last_epoch)
-
     def factor(self, epoch: int) -> float:
         return self.start_factor + (1.0 - self.start_factor) * epoch / self.warmup_epochs
 
@@ -489,15 +480,6 @@ class ConstantWarmup(_Warmup):
     wrapped schedule. He et al. 2016 train ResNet-110 on CIFAR-10 this way:
     0.01 (start_factor=0.1 of 0.1) for the first ~400 iterations.
     """
-
-    def __init__(
-        self,
-        scheduler: LRScheduler | Optimizer,
-        warmup_epochs: int,
-        start_factor: float = 0.1,
-        last_epoch: int = -1,
-    ) -> None:
-        super().__init__(scheduler, warmup_epochs, start_factor, last_epoch)
 
     def factor(self, epoch: int) -> float:
         return self.start_factor

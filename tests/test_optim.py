@@ -372,6 +372,11 @@ def test_constant_warmup_resnet110():
     np.testing.assert_allclose(lrs(sched, 4), [0.01, 0.01, 0.1, 0.1], rtol=1e-15)
 
 
+def test_warmups_start_at_a_tenth_by_default():
+    np.testing.assert_allclose(lrs(LinearWarmup(new_opt(), 2), 3), [0.01, 0.055, 0.1], rtol=1e-14)
+    np.testing.assert_allclose(lrs(ConstantWarmup(new_opt(), 2), 3), [0.01, 0.01, 0.1], rtol=1e-15)
+
+
 def test_schedule_per_group_base_lr():
     opt = SGD([{"params": [Param([0.0])]}, {"params": [Param([0.0])], "lr": 1.0}], lr=0.1)
     sched = StepLR(opt, step_size=1, gamma=0.5)
