@@ -150,49 +150,50 @@ assert (n_a, n_b) == (269_722, 272_474)
 #
 # We run minires's `resnet18` itself on one image and record the output shape
 # of each of its top-level children and of each block (`layer1.0`,
-# `layer1.1`, ...), by wrapping their `forward` (a forward hook, done by
-# hand: `Module` has no hook API). The stages `layer1`..`layer4` are
-# containers; the model calls their blocks in order. The walk should read
+# `layer1.1`, ...), with forward hooks: `module.register_forward_hook(hook)`
+# calls `hook(module, inputs, output)` after every forward of that module, as
+# in PyTorch, and returns a handle whose `remove()` takes the hook off again.
+# (The stages `layer1`..`layer4` are `Sequential` containers of blocks; we
+# hook the blocks inside them.) The walk should read
 # 3×224×224 → 64×112×112 → 64×56×56 → 128×28×28 → 256×14×14 → 512×7×7 →
 # 512 → 1000. (A NumPy forward at 224×224 takes a fraction of a second to a
 # few seconds; `no_grad` keeps no graph.)
 
 # %%
 r18 = mr.models.resnet18().eval()
-walk = []
+walk = []  # (name, input shape, output shape), in the order the forwards finish
+handles = []
 
 
-def record(name, module):
-    original = module.forward
+def record(name):
+    def hook(module, inputs, output):
+        walk.append((name, tuple(inputs[0].shape[1:]), tuple(output.shape[1:])))
 
-    def forward(x, *args, **kwargs):
-        y = original(x, *args, **kwargs)
-        walk.append((name, tuple(x.shape[1:]), tuple(y.shape[1:])))
-        return y
-
-    module.forward = forward  # an instance attribute; the class is untouched
+    return hook
 
 
 for name, module in r18.named_modules():
     top_level = name and "." not in name and not name.startswith("layer")
     a_block = name.startswith("layer") and name.count(".") == 1
     if top_level or a_block:
-        record(name, module)
+        handles.append(module.register_forward_hook(record(name)))
 
 conv_inputs = []  # every convolution's (module, input height), for §4.6
+
+
+def record_conv(module, inputs, output):
+    conv_inputs.append((module, inputs[0].shape[2]))
+
+
 for m in r18.modules():
     if isinstance(m, mr.nn.Conv2d):
-        original = m.forward
-
-        def conv_forward(x, _m=m, _orig=original):
-            conv_inputs.append((_m, x.shape[2]))
-            return _orig(x)
-
-        m.forward = conv_forward
+        handles.append(m.register_forward_hook(record_conv))
 
 image = mr.tensor(rng.standard_normal((1, 3, 224, 224)).astype(np.float32))
 with mr.no_grad():
     logits = r18(image)
+for handle in handles:
+    handle.remove()  # r18 is an ordinary model again
 print(f"{'child':8s} {'input':>14s} -> output")
 for name, s_in, s_out in walk:
     print(f"{name:8s} {'x'.join(map(str, s_in)):>14s} -> {'x'.join(map(str, s_out))}")
@@ -201,6 +202,10 @@ assert shapes["conv1"] == (64, 112, 112) and shapes["maxpool"] == (64, 56, 56)
 assert shapes["layer1.1"] == (64, 56, 56) and shapes["layer2.1"] == (128, 28, 28)
 assert shapes["layer3.1"] == (256, 14, 14) and shapes["layer4.1"] == (512, 7, 7)
 assert dict((n, s) for n, s, _ in walk)["fc"] == (512,) and logits.shape == (1, 1000)
+n_recorded = len(walk)
+with mr.no_grad():
+    r18(image)  # the hooks were removed: nothing more is recorded
+assert len(walk) == n_recorded
 
 # %% [markdown]
 # ## 4.5 Parameter counts
