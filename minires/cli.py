@@ -8,10 +8,10 @@
     minires gradcheck                              check every op's backward, float64
     minires bench --model resnet20                 time a training step (vs PyTorch)
 
-Exit status: 0 done; 1 training diverged (NaN/inf loss); 2 a usage error or a
-problem with the input (the message says which); 130 stopped by Ctrl-C (143
-by SIGTERM), after saving a checkpoint. User errors print one line,
-``minires: error: ...``, never a Python traceback.
+Exit status: 0 done; 1 training diverged (NaN/inf loss) or a gradient check
+failed; 2 a usage error or a problem with the input (the message says which);
+130 stopped by Ctrl-C (143 by SIGTERM), after saving a checkpoint. User errors
+print one line, ``minires: error: ...``, never a Python traceback.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from .train import (
     evaluate_checkpoint,
 )
 
-EXIT_OK, EXIT_DIVERGED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # EXIT_FAILED: diverged, or a gradcheck failed
 
 # The train options that are part of TrainConfig (parsed with default None, so
 # that "not given" can be told apart from "given with the default value").
@@ -168,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Gradcheck every op, two residual blocks and a small ResNet, "
         "in float64, and print a table. Exit status 1 if any check fails.",
     )
-    g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", choices=DEVICES, default="cpu")
+    g.add_argument("--seed", type=nonnegative_int, default=0)
     g.set_defaults(func=cmd_gradcheck)
 
     # -- bench ---------------------------------------------------------------
@@ -327,7 +327,7 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     from . import selfcheck
 
     check_device(args.device)
-    return EXIT_OK if selfcheck.run(args.device, args.seed) else 1
+    return EXIT_OK if selfcheck.run(args.device, args.seed) else EXIT_FAILED
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -337,7 +337,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UserError(f"minires bench is not available in this install: {e}") from None
     parser = argparse.ArgumentParser(prog="minires bench", description=bench.__doc__)
     bench.add_arguments(parser)
-    return int(bench.main(parser.parse_args(args.bench_args)) or 0)
+    bench_args = parser.parse_args(args.bench_args)
+    check_device(bench_args.device)
+    return int(bench.main(bench_args) or 0)
 
 
 # --------------------------------------------------------------------------- #
@@ -365,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except TrainingDiverged as e:
         print(f"minires: error: {e}", file=sys.stderr)
-        return EXIT_DIVERGED
+        return EXIT_FAILED
     except KeyboardInterrupt:  # outside the training loop (which handles its own)
         print("minires: interrupted", file=sys.stderr)
         return 128 + int(signal.SIGINT)

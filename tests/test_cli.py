@@ -316,6 +316,13 @@ def test_cuda_without_a_gpu(capsys, tmp_path, straight_run):
     assert no_gpu in err and "--device cpu" in err
     err = _error(capsys, ["eval", "--checkpoint", str(straight_run), "--device", "cuda"])
     assert no_gpu in err
+    assert no_gpu in _error(capsys, ["gradcheck", "--device", "cuda"])
+    assert no_gpu in _error(capsys, ["bench", "--device", "cuda", "--no-torch", "--no-memory"])
+
+
+def test_gradcheck_bad_seed(capsys):
+    err = _error(capsys, ["gradcheck", "--seed", "-1"])
+    assert "--seed: must be an integer >= 0, got '-1'" in err
 
 
 def test_nan_loss_from_the_command_line(capsys, tmp_path):
