@@ -504,7 +504,7 @@ def _deferred_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
 
 @dataclasses.dataclass
 class RunResult:
-    status: str  # "finished" or "interrupted"
+    status: str  # "finished", "interrupted" (saved a checkpoint) or "aborted" (did not)
     out_dir: Path
     history: list[dict[str, Any]]
     epoch: int  # epochs completed
