@@ -17,14 +17,18 @@ __global__ void relu_forward(const T* __restrict__ x, T* __restrict__ y, int n)
     }
 }
 
-// gx = gy where y > 0, else 0. y > 0 exactly where x > 0, so the forward
-// output is all backward needs; at x == 0 the gradient is taken as 0.
+// gx = gy * (y > 0), one thread per element. y > 0 exactly where x > 0, so
+// the forward output is all backward needs; at x == 0 the gradient is taken
+// as 0. Written as a product with the mask, as numpy_backend.relu_backward
+// computes it, rather than "y > 0 ? gy : 0": the two differ where y <= 0 and
+// gy is NaN or infinite (NaN * 0 and inf * 0 are NaN), and the product lets
+// a diverging gradient show as NaN there, as NumPy's does.
 template <typename T>
 __global__ void relu_backward(const T* __restrict__ gy, const T* __restrict__ y,
                               T* __restrict__ gx, int n)
 {
     const int stride = blockDim.x * gridDim.x;
     for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += stride) {
-        gx[idx] = y[idx] > T(0) ? gy[idx] : T(0);
+        gx[idx] = gy[idx] * T(y[idx] > T(0));
     }
 }

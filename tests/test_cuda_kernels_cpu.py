@@ -181,10 +181,18 @@ def test_max_pool_windows_in_padding(kernels):
 
 
 def test_relu_passes_nan_through(kernels):
-    x = np.array([np.nan, -1.0, 0.0, 2.0])
+    """NaN and inf behave as in numpy_backend, forward and backward (gx = gy * (y > 0))."""
+    x = np.array([np.nan, -1.0, 0.0, 2.0, 3.0, -4.0])
+    gy = np.array([1.0, np.nan, np.inf, np.nan, -np.inf, 5.0])
     with harness.cpu_cuda_backend(cuda_backend, kernels):
         y = cuda_backend.relu_forward(x)
-    np.testing.assert_array_equal(y, np.maximum(x, 0))
+        gx = cuda_backend.relu_backward(gy, y)
+    np.testing.assert_array_equal(y, [np.nan, 0.0, 0.0, 2.0, 3.0, 0.0])
+    # NaN * 0 and inf * 0 are NaN: a bad gradient shows even where y <= 0.
+    np.testing.assert_array_equal(gx, [0.0, np.nan, np.nan, np.nan, -np.inf, 0.0])
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(y, numpy_backend.relu_forward(x))
+        np.testing.assert_array_equal(gx, numpy_backend.relu_backward(gy, y))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])

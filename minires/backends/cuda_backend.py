@@ -431,7 +431,7 @@ def relu_forward(x: Any) -> Any:
 
 
 def relu_backward(gy: Any, y: Any) -> Any:
-    """gx = gy where y > 0, else 0."""
+    """gx = gy * (y > 0), as NumPy: 0 where y <= 0, except NaN where gy is NaN or infinite."""
     cp = _cupy()
     shape = getattr(gy, "shape", ())
     gy = _float_array(gy, "relu_backward: gy")
