@@ -36,6 +36,7 @@ channels, C input channels, K = kh*kw kernel offsets.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,61 +158,49 @@ def _columns(src: Array, offsets: list[int], a: int, b: int, out: Array) -> Arra
     return cols.reshape(C * K, b - a)
 
 
-def _parallel(src: Array) -> bool:
-    return not is_cupy_array(src) and parallel.enabled()
+def _over_chunks(src: Array, offsets: list[int], L: int, body: Callable) -> Array | None:
+    """Sum of ``body(a, b, columns)`` over cache-sized chunks [a, b) of range(L).
 
-
-def shifted_matmul(weights: Array, src: Array, offsets: list[int], L: int) -> Array:
-    """(F, C*K) @ shifted-columns(src) -> (F, L), one cache-sized chunk at a time.
-
-    On the CPU the chunks are shared out among threads (minires/parallel.py):
-    worker w of n takes chunks w, w + n, ..., with a column buffer of its own,
-    and writes only its own columns of ``out``.
+    ``columns`` is the shifted column matrix of src for positions a..b (see
+    _columns); a body that returns None (it wrote its result somewhere)
+    adds nothing. On the CPU the chunks are shared out among threads
+    (minires/parallel.py): worker w of n takes chunks w, w + n, ..., with a
+    column buffer of its own, and its partial sum is added at the end.
     """
     xp = get_array_module(src)
-    C, K, F = src.shape[0], len(offsets), weights.shape[0]
-    out = xp.empty((F, L), dtype=src.dtype)
+    C, K = src.shape[0], len(offsets)
     step = _chunk(C * K, L)
 
-    def work(worker: int, n_workers: int) -> None:
+    def work(worker: int, n_workers: int) -> Array | None:
+        total = None
         buffer = xp.empty((C, K, step), dtype=src.dtype)
         for a in range(worker * step, L, n_workers * step):
             b = min(a + step, L)
-            out[:, a:b] = weights @ _columns(src, offsets, a, b, buffer)
+            term = body(a, b, _columns(src, offsets, a, b, buffer))
+            if term is not None:
+                total = term if total is None else total + term
+        return total
 
-    if _parallel(src):
-        parallel.run_workers(work)
-    else:
-        work(0, 1)
+    if is_cupy_array(src) or not parallel.enabled():
+        return work(0, 1)
+    partial = [p for p in parallel.run_workers(work) if p is not None]
+    return sum(partial[1:], partial[0]) if partial else None
+
+
+def shifted_matmul(weights: Array, src: Array, offsets: list[int], L: int) -> Array:
+    """(F, C*K) @ shifted-columns(src) -> (F, L), one chunk of columns at a time."""
+    out = get_array_module(src).empty((weights.shape[0], L), dtype=src.dtype)
+
+    def product(a: int, b: int, columns: Array) -> None:
+        out[:, a:b] = weights @ columns  # each chunk writes only its own columns
+
+    _over_chunks(src, offsets, L, product)
     return out
 
 
 def shifted_matmul_t(gy: Array, src: Array, offsets: list[int]) -> Array:
-    """gy (F, L) @ shifted-columns(src).T -> (F, C*K): the weight gradient.
-
-    Each worker sums the products of its own chunks; the partial sums are
-    added at the end.
-    """
-    xp = get_array_module(src)
-    C, K = src.shape[0], len(offsets)
-    F, L = gy.shape
-    step = _chunk(C * K, L)
-
-    def work(worker: int, n_workers: int) -> Array:
-        total = xp.zeros((F, C * K), dtype=src.dtype)
-        buffer = xp.empty((C, K, step), dtype=src.dtype)
-        for a in range(worker * step, L, n_workers * step):
-            b = min(a + step, L)
-            total += gy[:, a:b] @ _columns(src, offsets, a, b, buffer).T
-        return total
-
-    if _parallel(src):
-        partial = parallel.run_workers(work)
-        total = partial[0]
-        for p in partial[1:]:
-            total += p
-        return total
-    return work(0, 1)
+    """gy (F, L) @ shifted-columns(src).T -> (F, C*K): the weight gradient."""
+    return _over_chunks(src, offsets, gy.shape[1], lambda a, b, columns: gy[:, a:b] @ columns.T)
 
 
 def conv_forward(xc: Array, w: Array, g: Geometry) -> Array:
