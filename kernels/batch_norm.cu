@@ -86,8 +86,10 @@ __global__ void batch_norm_stats(const T* __restrict__ x, T* __restrict__ mean,
             mean[c] = mu;
             var[c] = v;
             // 1/sqrt rather than the rsqrt intrinsic: sqrt and division are
-            // correctly rounded, as in NumPy, so float64 results match NumPy
-            // to the last bits.
+            // correctly rounded, so the same var gives the same bits as
+            // NumPy's 1.0 / np.sqrt(var + eps). (mean and var themselves may
+            // differ from NumPy's in the last bits: the sums are added in
+            // another order.)
             inv_std[c] = T(1) / sqrt(v + eps);
         }
     }
