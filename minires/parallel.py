@@ -6,8 +6,9 @@ convolution (minires/shifted_conv.py) is a loop over independent chunks of
 columns: each chunk is a copy (building its columns) and a small GEMM.
 Splitting the chunks among threads parallelises both, where BLAS on its own
 would parallelise only the GEMM, and pays a thread wake-up on every small
-call. Measured on a 2-core CPU: 1.46x faster for a resnet20-sized layer
-(docs/benchmarks.md).
+call. Measured on a 2-core CPU, with the BatchNorm, ReLU and copies also
+shared out: a resnet20 training step ran 1.29x faster (222 -> 287 img/s,
+docs/benchmarks.md).
 
 While the threads run, BLAS itself must run single-threaded, or each thread's
 GEMM would start its own BLAS threads and oversubscribe the cores. NumPy has
@@ -27,6 +28,8 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import numpy as np
 
 _num_threads = os.cpu_count() or 1
 _pool: ThreadPoolExecutor | None = None
@@ -96,8 +99,6 @@ def run_workers(work: Callable[[int, int], Any]) -> list[Any]:
     the threads never write to the same memory. Only called when enabled().
     """
     global _pool
-    import numpy as np
-
     n = _num_threads
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="minires")
@@ -112,6 +113,11 @@ def run_workers(work: Callable[[int, int], Any]) -> list[Any]:
     with single_threaded_blas():
         futures = [_pool.submit(task, w) for w in range(n)]
         return [f.result() for f in futures]
+
+
+def share(n: int, worker: int, n_workers: int) -> slice:
+    """Worker ``worker``'s contiguous share of range(n), the shares as equal as can be."""
+    return slice(n * worker // n_workers, n * (worker + 1) // n_workers)
 
 
 # Below this many array elements, handing work to threads costs more (tens
@@ -133,12 +139,7 @@ def for_rows(n_rows: int, body: Callable[[slice], Any], work: int | None = None)
     if n == 1 or n_rows < n or small:
         body(slice(0, n_rows))
         return
-    bounds = [n_rows * w // n for w in range(n + 1)]
-
-    def work(worker: int, n_workers: int) -> None:
-        body(slice(bounds[worker], bounds[worker + 1]))
-
-    run_workers(work)
+    run_workers(lambda worker, n_workers: body(share(n_rows, worker, n_workers)))
 
 
 def _shareable(a: Any, work: int) -> bool:
@@ -146,8 +147,6 @@ def _shareable(a: Any, work: int) -> bool:
 
     CuPy arrays never do: the GPU parallelises on its own.
     """
-    import numpy as np
-
     return isinstance(a, np.ndarray) and enabled() and work >= MIN_PARALLEL_WORK
 
 
@@ -155,13 +154,11 @@ def matmul(a: Any, b: Any) -> Any:
     """a (M, K) @ b (K, N), the columns of b shared among the threads."""
     if not _shareable(a, a.shape[0] * b.shape[1]):
         return a @ b
-    import numpy as np
-
     out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
     n = b.shape[1]
 
     def work(worker: int, n_workers: int) -> None:
-        cols = slice(n * worker // n_workers, n * (worker + 1) // n_workers)
+        cols = share(n, worker, n_workers)
         out[:, cols] = a @ b[:, cols]
 
     run_workers(work)
@@ -176,11 +173,8 @@ def matmul_t(a: Any, b: Any) -> Any:
         return a @ b.T
 
     def work(worker: int, n_workers: int) -> Any:
-        cols = slice(n * worker // n_workers, n * (worker + 1) // n_workers)
+        cols = share(n, worker, n_workers)
         return a[:, cols] @ b[:, cols].T
 
     partial = run_workers(work)
-    total = partial[0]
-    for p in partial[1:]:
-        total += p
-    return total
+    return sum(partial[1:], partial[0])
