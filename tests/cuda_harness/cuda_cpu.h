@@ -80,9 +80,6 @@ using std::exp;
 using std::log;
 using std::sqrt;
 
-inline float rsqrt(float x) { return 1.0f / std::sqrt(x); }
-inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
-
 // Reinterpret the bits of an integer as a floating-point number.
 inline float __int_as_float(int bits)
 {
