@@ -219,6 +219,23 @@ def max_pool_forward(
     return y, argmax
 
 
+def _add_to_windows(
+    share_at, x_shape: tuple[int, int, int], kh: int, kw: int, sh: int, sw: int, ph: int, pw: int
+) -> np.ndarray:
+    """Pooling's backward: add ``share_at(i, j)`` (P, OH, OW) to the input value
+    at offset (i, j) of every window, then drop the padding."""
+    P, H, W = x_shape
+    gx = None
+    for i in range(kh):
+        for j in range(kw):
+            share = share_at(i, j)
+            if gx is None:
+                gx = np.zeros((P, H + 2 * ph, W + 2 * pw), dtype=share.dtype)
+            OH, OW = share.shape[1:]
+            _windows(gx, i, j, OH, OW, sh, sw)[...] += share
+    return np.ascontiguousarray(gx[:, ph : ph + H, pw : pw + W])
+
+
 def max_pool_backward(
     gy: np.ndarray,
     argmax: np.ndarray,
@@ -230,13 +247,10 @@ def max_pool_backward(
     ph: int,
     pw: int,
 ) -> np.ndarray:
-    P, H, W = x_shape
-    OH, OW = gy.shape[1:]
-    gx = np.zeros((P, H + 2 * ph, W + 2 * pw), dtype=gy.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            _windows(gx, i, j, OH, OW, sh, sw)[...] += np.where(argmax == i * kw + j, gy, 0)
-    return np.ascontiguousarray(gx[:, ph : ph + H, pw : pw + W])
+    """Each window's gradient goes to its winning offset only."""
+    return _add_to_windows(
+        lambda i, j: np.where(argmax == i * kw + j, gy, 0), x_shape, kh, kw, sh, sw, ph, pw
+    )
 
 
 def avg_pool_forward(
@@ -264,14 +278,9 @@ def avg_pool_backward(
     ph: int,
     pw: int,
 ) -> np.ndarray:
-    P, H, W = x_shape
-    OH, OW = gy.shape[1:]
+    """Every value of a window receives an equal share of its gradient."""
     share = gy / (kh * kw)
-    gx = np.zeros((P, H + 2 * ph, W + 2 * pw), dtype=gy.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            _windows(gx, i, j, OH, OW, sh, sw)[...] += share
-    return np.ascontiguousarray(gx[:, ph : ph + H, pw : pw + W])
+    return _add_to_windows(lambda i, j: share, x_shape, kh, kw, sh, sw, ph, pw)
 
 
 # --------------------------------------------------------------------------
