@@ -78,7 +78,10 @@ assert not missing
 #
 # The NumPy version (notebook 2) builds the column matrix with $k_h k_w$
 # strided slice copies: the loop is over kernel offsets $(i, j)$, and each
-# slice copies that offset for every channel, image and output pixel at once.
+# slice copies that offset for every image and output pixel of a block of
+# channels at once. `parallel.for_rows` hands the blocks of channels to CPU
+# threads (NumPy releases the GIL while it copies), one block per thread: the
+# CPU's coarse version of a CUDA grid of blocks.
 
 
 # %%
