@@ -156,7 +156,7 @@ def _step_memory_mb(framework: str, args: argparse.Namespace) -> float | None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     model_name, batch, device = args.model, args.batch_size, args.device
     if model_name not in MODEL_INPUT:
-        raise SystemExit(f"minires bench: --model must be one of {sorted(MODEL_INPUT)}")
+        raise ValueError(f"bench: model must be one of {sorted(MODEL_INPUT)}, got {model_name!r}")
     threads = os.cpu_count() or 1
     result: dict[str, Any] = {
         "model": model_name,
@@ -248,19 +248,35 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _number(kind: type, minimum: float) -> Any:
+    """An argparse type: a ``kind`` number >= ``minimum``, or a usage error."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    positive, count, seconds = _number(int, 1), _number(int, 0), _number(float, 0.0)
     parser.add_argument("--model", default="resnet20", choices=sorted(MODEL_INPUT))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps (median is reported)")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch-size", type=positive, default=128)
+    parser.add_argument("--steps", type=positive, default=10, help="timed steps (median reported)")
+    parser.add_argument("--warmup", type=count, default=2)
     parser.add_argument(
-        "--block", type=int, default=5, help="steps run back to back before switching framework"
+        "--block", type=positive, default=5, help="steps run back to back before switching"
     )
     parser.add_argument(
-        "--pause", type=float, default=0.5, help="seconds of rest when switching framework"
+        "--pause", type=seconds, default=0.5, help="seconds of rest when switching framework"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=count, default=0)
     parser.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
@@ -275,9 +291,13 @@ def main(args: argparse.Namespace | None = None) -> int:
     if getattr(args, "memory_child", None):
         _memory_child(args.memory_child, args.model, args.batch_size, args.seed)
         return 0
-    if args.batch_size <= 0 or args.steps <= 0:
-        print("minires bench: --batch-size and --steps must be positive", file=sys.stderr)
-        return 2
+    if args.device == "cuda":
+        from .backends import cuda_backend
+
+        if not cuda_backend.gpu_available():
+            reason = cuda_backend.gpu_unavailable_reason()
+            print(f"minires bench: no usable GPU: {reason}", file=sys.stderr)
+            return 2
     result = run(args)
     if not args.json:
         print(report(result))

@@ -9,7 +9,6 @@ GPU with ``--device cuda``. The exit status is 0 only if every case passes.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -158,8 +157,3 @@ def run(device: str = "cpu", seed: int = 0) -> bool:
             print("    " + detail.replace("\n", "\n    "))
     print("all passed" if all_passed else "SOME CHECKS FAILED")
     return all_passed
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--seed", type=int, default=0)

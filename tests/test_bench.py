@@ -1,0 +1,62 @@
+"""`minires bench`: argument checks, the no-GPU error, and a tiny real run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from minires import bench, cli
+from minires.backends import cuda_backend
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--steps", "0"], "--steps: must be >= 1"),
+        (["--batch-size", "-3"], "--batch-size: must be >= 1"),
+        (["--pause", "-1"], "--pause: must be >= 0.0"),
+        (["--warmup", "two"], "--warmup: expected a int"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(args, message, capsys) -> None:
+    assert cli.main(["bench", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cuda_without_a_gpu_is_a_one_line_error(capsys) -> None:
+    if cuda_backend.gpu_available():
+        pytest.skip("a GPU is usable here")
+    assert cli.main(["bench", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "no usable GPU" in err and "Traceback" not in err
+
+
+def test_a_tiny_run_reports_positive_rates_as_json(capsys) -> None:
+    argv = ["--batch-size", "2", "--steps", "2", "--warmup", "0", "--pause", "0"]
+    assert cli.main(["bench", *argv, "--no-torch", "--no-memory", "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1  # --json: only the JSON line
+    result = json.loads(out[0])
+    assert result["model"] == "resnet20" and result["batch"] == 2 and result["steps"] == 2
+    assert result["minires_train_img_s"] > 0 and result["minires_infer_img_s"] > 0
+    assert "torch_train_img_s" not in result
+
+
+def test_report_prints_the_ratio_when_both_frameworks_ran() -> None:
+    text = bench.report(
+        {
+            "model": "resnet20",
+            "batch": 128,
+            "device": "cpu",
+            "machine": "m",
+            "steps": 3,
+            "minires_train_img_s": 100.0,
+            "minires_infer_img_s": 300.0,
+            "torch_train_img_s": 250.0,
+            "torch_infer_img_s": 1000.0,
+            "train_ratio": 0.4,
+            "infer_ratio": 0.3,
+        }
+    )
+    assert "ratio" in text and "0.40" in text and "0.30" in text
