@@ -76,19 +76,29 @@ class BackendChecks:
     def _host(self, a: Any) -> np.ndarray:
         return np.asarray(self.dev.to_host(a))
 
+    def _compare(self, name: str, *host_args: Any, outputs: tuple[str, ...] = ()) -> Any:
+        """numpy_backend.<name> and cuda_backend.<name> on the same inputs must agree.
+
+        ``outputs`` names the items of a tuple result. Returns NumPy's result.
+        """
+        expected = getattr(nb, name)(*host_args)
+        actual, _ = self._run(getattr(self.cb, name), *host_args)
+        if not outputs:
+            assert_close(self._host(actual), expected, name)
+            return expected
+        assert len(actual) == len(expected) == len(outputs), name
+        for what, a, e in zip(outputs, actual, expected):
+            assert_close(self._host(a), e, f"{name} {what}")
+        return expected
+
     # -- the checks ----------------------------------------------------------
 
     def im2col(self, rng: np.random.Generator, dtype: Any, C, N, H, W, kh, kw, sh, sw, ph, pw):
         x = rng.standard_normal((C, N, H, W)).astype(dtype)
         geometry = (kh, kw, sh, sw, ph, pw)
-        expected = nb.im2col(x, *geometry)
-        col, _ = self._run(self.cb.im2col, x, *geometry)
-        assert_close(self._host(col), expected, "im2col")
-
-        gcol = rng.standard_normal(expected.shape).astype(dtype)
-        expected_gx = nb.col2im(gcol, x.shape, *geometry)
-        gx, _ = self._run(self.cb.col2im, gcol, x.shape, *geometry)
-        assert_close(self._host(gx), expected_gx, "col2im")
+        col = self._compare("im2col", x, *geometry)
+        gcol = rng.standard_normal(col.shape).astype(dtype)
+        self._compare("col2im", gcol, x.shape, *geometry)
 
     def batch_norm(
         self,
@@ -126,21 +136,16 @@ class BackendChecks:
             assert_close(self._host(rv_d), rv_exp, "batch_norm_forward running_var")
 
         gy = rng.standard_normal((C, M)).astype(dtype)
-        expected = nb.batch_norm_backward(gy, xhat_exp, gamma, inv_std_exp)
-        out, _ = self._run(self.cb.batch_norm_backward, gy, xhat_exp, gamma, inv_std_exp)
-        for name, a, e in zip(("gx", "ggamma", "gbeta"), out, expected):
-            assert_close(self._host(a), e, f"batch_norm_backward {name}")
+        grads = ("gx", "ggamma", "gbeta")
+        self._compare("batch_norm_backward", gy, xhat_exp, gamma, inv_std_exp, outputs=grads)
 
     def relu(self, rng: np.random.Generator, dtype: Any, shape: tuple[int, ...]):
         x = rng.standard_normal(shape).astype(dtype)
         if x.size:
             x.flat[0] = 0.0  # the kink itself: y = 0, gradient 0
-        y, _ = self._run(self.cb.relu_forward, x)
-        assert_close(self._host(y), nb.relu_forward(x), "relu_forward")
-        y_exp = nb.relu_forward(x)
+        y = self._compare("relu_forward", x)
         gy = rng.standard_normal(shape).astype(dtype)
-        gx, _ = self._run(self.cb.relu_backward, gy, y_exp)
-        assert_close(self._host(gx), nb.relu_backward(gy, y_exp), "relu_backward")
+        self._compare("relu_backward", gy, y)
 
     def max_pool(
         self, rng: np.random.Generator, dtype: Any, P, H, W, kh, kw, sh, sw, ph, pw, ties: bool
@@ -152,27 +157,16 @@ class BackendChecks:
         else:
             x = rng.standard_normal((P, H, W)).astype(dtype)
         geometry = (kh, kw, sh, sw, ph, pw)
-        y_exp, arg_exp = nb.max_pool_forward(x, *geometry)
-        (y, arg), _ = self._run(self.cb.max_pool_forward, x, *geometry)
-        assert_close(self._host(y), y_exp, "max_pool_forward y")
-        assert_close(self._host(arg), arg_exp, "max_pool_forward argmax")
-
-        gy = rng.standard_normal(y_exp.shape).astype(dtype)
-        expected = nb.max_pool_backward(gy, arg_exp, x.shape, *geometry)
-        gx, _ = self._run(self.cb.max_pool_backward, gy, arg_exp, x.shape, *geometry)
-        assert_close(self._host(gx), expected, "max_pool_backward")
+        y, argmax = self._compare("max_pool_forward", x, *geometry, outputs=("y", "argmax"))
+        gy = rng.standard_normal(y.shape).astype(dtype)
+        self._compare("max_pool_backward", gy, argmax, x.shape, *geometry)
 
     def avg_pool(self, rng: np.random.Generator, dtype: Any, P, H, W, kh, kw, sh, sw, ph, pw):
         x = rng.standard_normal((P, H, W)).astype(dtype)
         geometry = (kh, kw, sh, sw, ph, pw)
-        y_exp = nb.avg_pool_forward(x, *geometry)
-        y, _ = self._run(self.cb.avg_pool_forward, x, *geometry)
-        assert_close(self._host(y), y_exp, "avg_pool_forward")
-
-        gy = rng.standard_normal(y_exp.shape).astype(dtype)
-        expected = nb.avg_pool_backward(gy, x.shape, *geometry)
-        gx, _ = self._run(self.cb.avg_pool_backward, gy, x.shape, *geometry)
-        assert_close(self._host(gx), expected, "avg_pool_backward")
+        y = self._compare("avg_pool_forward", x, *geometry)
+        gy = rng.standard_normal(y.shape).astype(dtype)
+        self._compare("avg_pool_backward", gy, x.shape, *geometry)
 
     def cross_entropy(
         self,
@@ -185,15 +179,9 @@ class BackendChecks:
     ):
         logits = (rng.standard_normal((N, K)) * scale).astype(dtype)
         labels = rng.integers(0, K, N).astype(label_dtype)
-        loss_exp, probs_exp = nb.cross_entropy_forward(logits, labels)
-        (loss, probs), _ = self._run(self.cb.cross_entropy_forward, logits, labels)
-        assert_close(self._host(loss), loss_exp, "cross_entropy_forward loss")
-        assert_close(self._host(probs), probs_exp, "cross_entropy_forward probs")
-
+        _, probs = self._compare("cross_entropy_forward", logits, labels, outputs=("loss", "probs"))
         gloss = np.asarray(rng.uniform(0.5, 2.0), dtype=dtype)
-        expected = nb.cross_entropy_backward(probs_exp, labels, gloss)
-        g, _ = self._run(self.cb.cross_entropy_backward, probs_exp, labels, gloss)
-        assert_close(self._host(g), expected, "cross_entropy_backward")
+        self._compare("cross_entropy_backward", probs, labels, gloss)
 
 
 # --------------------------------------------------------------------------
