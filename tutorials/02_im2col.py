@@ -309,8 +309,9 @@ assert np.shares_memory(view, xpad) and np.allclose(y_view, y_loops, atol=1e-12)
 # laid out flat with shared zero gaps, every kernel offset is a constant
 # *shift* of the flat index, so the column matrix can be built and multiplied
 # a cache-sized chunk at a time and is never held whole. It is the default
-# for stride-1 convolutions on the CPU (`F.set_conv_algorithm("auto")`); the
-# textbook im2col is always available, and the two agree:
+# for stride-1 convolutions with kernels larger than 1×1 on the CPU
+# (`F.set_conv_algorithm("auto")`); the textbook im2col is always available,
+# and the two agree:
 
 # %%
 xs = mr.tensor(rng.standard_normal((2, 8, 9, 9)), requires_grad=True)
