@@ -385,7 +385,7 @@ class Function:
             # Weak references: an output holding its creator and the creator
             # holding the output would be a cycle that only the GC can free.
             self.outputs = [weakref.ref(out) for out in outputs]
-            self.output_meta = [(y.shape, y.dtype) for y in (o.data for o in outputs)]
+            self.output_meta = [(out.shape, out.dtype) for out in outputs]
         return outputs[0] if single else tuple(outputs)
 
     def forward(self, *xs: Array) -> Array | tuple[Array, ...]:
@@ -809,8 +809,11 @@ def transpose(a: Tensor, axes: Sequence[int] | None = None) -> Tensor:
     return Transpose(axes)(a)
 
 
-def flatten(a: Tensor, start_dim: int = 1) -> Tensor:
-    """Merge dimensions start_dim.. into one: (N, C, H, W) -> (N, C*H*W) for 1."""
+def flatten(a: Tensor, start_dim: int = 0) -> Tensor:
+    """Merge dimensions start_dim.. into one, as torch.flatten.
+
+    (N, C, H, W) -> (N, C*H*W) for start_dim=1; everything into one for 0.
+    """
     a = as_tensor(a)
     if not 0 <= start_dim < max(a.ndim, 1):
         raise ValueError(f"flatten: start_dim must be in [0, {a.ndim}), got {start_dim}")
