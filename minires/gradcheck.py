@@ -159,7 +159,7 @@ def gradcheck(
                     f"(max |grad| {np.abs(z).max():.3g}); backward must multiply by grad_output",
                 )
         if mode == "jacobian":
-            mismatches = _check_jacobian(fn, inputs, checked, reference, eps, atol, rtol)
+            mismatches = _check_jacobian(fn, inputs, checked, reference, eps)
         elif mode == "elementwise":
             mismatches = _check_elementwise(fn, inputs, checked, upstream, analytic, eps)
         else:
@@ -256,7 +256,7 @@ def _check_elementwise(fn, inputs, checked, upstream, analytic, eps) -> list[_Mi
     return mismatches
 
 
-def _check_jacobian(fn, inputs, checked, reference, eps, atol, rtol) -> list[_Mismatch]:
+def _check_jacobian(fn, inputs, checked, reference, eps) -> list[_Mismatch]:
     """Compare the full Jacobian d out[j] / d in[i], entry by entry."""
     n_out = sum(o.size for o in reference)
     # Analytic rows: one backward per output entry, with a one-hot upstream.
