@@ -30,7 +30,8 @@ NCHW: a Tensor holds an (N, C, H, W)-shaped view of that memory.
         gy, xhat: (C, M); returns gx (C, M), ggamma (C,), gbeta (C,).
 
     relu_forward(x) -> y                    any shape, C-contiguous
-    relu_backward(gy, y) -> gx              gx = gy where y > 0, else 0
+    relu_backward(gy, y) -> gx              gx = gy * (y > 0): gy where y > 0, else 0
+                                            (a NaN or inf gy still gives NaN there)
 
     max_pool_forward(x, kh, kw, sh, sw, ph, pw) -> (y, argmax)
         x: (P, H, W) C-contiguous planes (P = N*C in either order);
