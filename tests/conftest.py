@@ -155,3 +155,29 @@ POOL_CORNERS = [
     ConvCase(1, 2, 2, 5, 7, (3, 2), (1, 2), (1, 1)),  # non-square, overlapping
     ConvCase(3, 1, 1, 4, 5, (4, 4), (1, 1), (2, 2)),  # kernel larger than stride, padded
 ]
+
+# Stride-1 convolutions whose flat grid (N*(H+ph)*(W+pw) positions, see
+# minires/shifted_conv.py) spans several 256-column chunks, the last one
+# partial. The hypothesis cases above are too small for more than one chunk.
+SHIFTED_CHUNK_CASES = [
+    ConvCase(2, 2, 3, 13, 13, (3, 3), (1, 1), (1, 1)),  # 392 positions: 256 + 136
+    ConvCase(2, 3, 2, 11, 17, (5, 4), (1, 1), (2, 1)),  # 468: non-square kernel and padding
+    ConvCase(4, 1, 2, 9, 9, (3, 3), (1, 1), (0, 0)),  # 324: no padding
+]
+
+
+@pytest.fixture
+def small_shifted_chunks(monkeypatch):
+    """conv2d on the shifted-GEMM path, in chunks of 256 columns (its minimum)."""
+    import minires.functional as F
+    from minires import shifted_conv
+
+    monkeypatch.setattr(shifted_conv, "CHUNK_VALUES", 1)
+    previous = F.set_conv_algorithm("shifted")
+    yield
+    F.set_conv_algorithm(previous)
+
+
+def grid_positions(case: ConvCase) -> int:
+    """Positions on the shifted-GEMM grid of a stride-1 case: its chunked length."""
+    return case.N * (case.H + case.padding[0]) * (case.W + case.padding[1])

@@ -12,7 +12,16 @@ from contextlib import contextmanager
 import naive
 import numpy as np
 import pytest
-from conftest import CONV_CORNERS, POOL_CORNERS, ConvCase, conv_cases, kink_free, pool_cases
+from conftest import (
+    CONV_CORNERS,
+    POOL_CORNERS,
+    SHIFTED_CHUNK_CASES,
+    ConvCase,
+    conv_cases,
+    grid_positions,
+    kink_free,
+    pool_cases,
+)
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -86,6 +95,16 @@ def test_conv2d_float32_close_to_float64_reference(case, seed):
     assert y.dtype == np.float32
     np.testing.assert_allclose(
         y.data, naive.conv2d(x, w, b, case.stride, case.padding), rtol=1e-4, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("case", SHIFTED_CHUNK_CASES)
+def test_conv2d_shifted_in_several_chunks_matches_naive(small_shifted_chunks, case):
+    assert grid_positions(case) > 256 and grid_positions(case) % 256  # a partial last chunk
+    x, w, b = _conv_inputs(case, 0)
+    y = F.conv2d(mr.Tensor(x), mr.Tensor(w), mr.Tensor(b), case.stride, case.padding)
+    np.testing.assert_allclose(
+        y.data, naive.conv2d(x, w, b, case.stride, case.padding), rtol=1e-12, atol=1e-12
     )
 
 

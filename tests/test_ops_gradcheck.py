@@ -12,8 +12,10 @@ import pytest
 from conftest import (
     CONV_CORNERS,
     POOL_CORNERS,
+    SHIFTED_CHUNK_CASES,
     ConvCase,
     conv_cases,
+    grid_positions,
     kink_free,
     min_gap,
     pool_cases,
@@ -83,6 +85,23 @@ def test_conv2d_without_bias_gradcheck(case, seed):
     x, w = T(r.standard_normal(case.x_shape)), T(r.standard_normal(case.w_shape))
     assert mr.gradcheck(
         lambda x, w: F.conv2d(x, w, None, case.stride, case.padding), (x, w), mode="elementwise"
+    )
+
+
+@pytest.mark.parametrize("case", SHIFTED_CHUNK_CASES)
+def test_conv2d_shifted_in_several_chunks_gradcheck(small_shifted_chunks, case):
+    # The input and weight gradients run the same chunk loop as the forward.
+    assert grid_positions(case) > 256 and grid_positions(case) % 256  # a partial last chunk
+    r = np.random.default_rng(0)
+    x, w, b = (
+        T(r.standard_normal(case.x_shape)),
+        T(r.standard_normal(case.w_shape)),
+        T(r.standard_normal(case.F)),
+    )
+    assert mr.gradcheck(
+        lambda x, w, b: F.conv2d(x, w, b, case.stride, case.padding),
+        (x, w, b),
+        mode="elementwise",
     )
 
 
