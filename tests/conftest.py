@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, example, settings
 from hypothesis import strategies as st
 
 settings.register_profile(
@@ -155,6 +155,18 @@ POOL_CORNERS = [
     ConvCase(1, 2, 2, 5, 7, (3, 2), (1, 2), (1, 1)),  # non-square, overlapping
     ConvCase(3, 1, 1, 4, 5, (4, 4), (1, 1), (2, 2)),  # kernel larger than stride, padded
 ]
+
+
+def with_corners(corners):
+    """Decorator: run the corners as explicit hypothesis examples (with seed=0)."""
+
+    def wrap(test):
+        for case in corners:
+            test = example(case=case, seed=0)(test)
+        return test
+
+    return wrap
+
 
 # Stride-1 convolutions whose flat grid (N*(H+ph)*(W+pw) positions, see
 # minires/shifted_conv.py) spans several 256-column chunks, the last one

@@ -21,8 +21,9 @@ from conftest import (
     grid_positions,
     kink_free,
     pool_cases,
+    with_corners,
 )
-from hypothesis import example, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 import minires as mr
@@ -38,17 +39,6 @@ def _conv_inputs(case: ConvCase, seed: int, dtype=np.float64):
     w = r.standard_normal(case.w_shape).astype(dtype)
     b = r.standard_normal(case.F).astype(dtype)
     return x, w, b
-
-
-def _with_corners(corners):
-    """Decorator: run the corners as explicit hypothesis examples."""
-
-    def wrap(test):
-        for case in corners:
-            test = example(case=case, seed=0)(test)
-        return test
-
-    return wrap
 
 
 # --------------------------------------------------------------------------
@@ -67,7 +57,7 @@ def conv_algorithm(name: str):
 
 
 @pytest.mark.parametrize("algorithm", ["auto", "im2col"])
-@_with_corners(CONV_CORNERS)
+@with_corners(CONV_CORNERS)
 @given(case=conv_cases(), seed=seeds)
 def test_conv2d_matches_naive(algorithm, case, seed):
     x, w, b = _conv_inputs(case, seed)
@@ -139,7 +129,7 @@ def test_conv2d_is_cross_correlation_not_convolution():
 # --------------------------------------------------------------------------
 
 
-@_with_corners(CONV_CORNERS)
+@with_corners(CONV_CORNERS)
 @given(case=conv_cases(), seed=seeds)
 def test_im2col_entries_match_definition(case, seed):
     r = np.random.default_rng(seed)
@@ -154,7 +144,7 @@ def test_im2col_entries_match_definition(case, seed):
             assert col[row, column] == expected
 
 
-@_with_corners(CONV_CORNERS)
+@with_corners(CONV_CORNERS)
 @given(case=conv_cases(), seed=seeds)
 def test_col2im_is_the_adjoint_of_im2col(case, seed):
     # <im2col(x), c> == <x, col2im(c)> for every x and c: col2im is exactly
@@ -184,7 +174,7 @@ def test_col2im_counts_window_overlaps():
 # --------------------------------------------------------------------------
 
 
-@_with_corners(POOL_CORNERS)
+@with_corners(POOL_CORNERS)
 @given(case=pool_cases(), seed=seeds)
 def test_max_pool2d_matches_naive(case, seed):
     x = np.random.default_rng(seed).standard_normal(case.x_shape)
@@ -208,7 +198,7 @@ def test_max_pool2d_stride_defaults_to_kernel(rng):
     )
 
 
-@_with_corners(POOL_CORNERS)
+@with_corners(POOL_CORNERS)
 @given(case=pool_cases(), seed=seeds)
 def test_avg_pool2d_matches_naive_count_include_pad(case, seed):
     x = np.random.default_rng(seed).standard_normal(case.x_shape)

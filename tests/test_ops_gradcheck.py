@@ -19,8 +19,9 @@ from conftest import (
     kink_free,
     min_gap,
     pool_cases,
+    with_corners,
 )
-from hypothesis import example, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 import minires as mr
@@ -31,15 +32,6 @@ seeds = st.integers(0, 2**32 - 1)
 
 def T(a) -> mr.Tensor:
     return mr.Tensor(np.array(a, dtype=np.float64), requires_grad=True)
-
-
-def _with_corners(corners):
-    def wrap(test):
-        for case in corners:
-            test = example(case=case, seed=0)(test)
-        return test
-
-    return wrap
 
 
 def test_kink_free_inputs_are_kink_free(rng):
@@ -57,7 +49,7 @@ def test_kink_free_inputs_are_kink_free(rng):
 
 
 @pytest.mark.parametrize("algorithm", ["auto", "im2col"])
-@_with_corners(CONV_CORNERS)
+@with_corners(CONV_CORNERS)
 @given(case=conv_cases(), seed=seeds)
 def test_conv2d_gradcheck(algorithm, case, seed):
     # "auto" takes the shifted-GEMM path for stride-1 convs on the CPU.
@@ -201,7 +193,7 @@ def test_relu_gradcheck_away_from_kink(shape, seed):
     assert mr.gradcheck(F.relu, x, mode="elementwise", seed=seed)
 
 
-@_with_corners(POOL_CORNERS)
+@with_corners(POOL_CORNERS)
 @given(case=pool_cases(), seed=seeds)
 def test_max_pool2d_gradcheck_without_ties(case, seed):
     x = T(kink_free(np.random.default_rng(seed), case.x_shape))
@@ -222,7 +214,7 @@ def test_max_pool2d_gradient_goes_to_the_maximum():
     np.testing.assert_array_equal(x.grad[0, 0], [[0, 11, 0], [0, 0, 0], [100, 1000, 0]])
 
 
-@_with_corners(POOL_CORNERS)
+@with_corners(POOL_CORNERS)
 @given(case=pool_cases(), seed=seeds)
 def test_avg_pool2d_gradcheck(case, seed):
     x = T(np.random.default_rng(seed).standard_normal(case.x_shape))
