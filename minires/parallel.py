@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -76,10 +77,31 @@ def enabled() -> bool:
     return _num_threads > 1 and bool(_blas_controller())
 
 
+_blas_limited = 0  # how many single_threaded_blas() blocks are open
+_blas_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def single_threaded_blas() -> Iterator[None]:
-    with _blas_controller().limit(limits=1, user_api="blas"):
-        yield
+    """BLAS limited to one thread inside the block; nested blocks cost nothing.
+
+    The limit is one setting for the whole process, so only the outermost
+    block sets and restores it (threadpoolctl takes ~8 us to do so, and a
+    training step opens a few hundred blocks).
+    """
+    global _blas_limited
+    with _blas_lock:
+        outermost = _blas_limited == 0
+        _blas_limited += 1
+    try:
+        if outermost:
+            with _blas_controller().limit(limits=1, user_api="blas"):
+                yield
+        else:
+            yield
+    finally:
+        with _blas_lock:
+            _blas_limited -= 1
 
 
 def blas_guard() -> contextlib.AbstractContextManager:
@@ -97,11 +119,14 @@ def run_workers(work: Callable[[int, int], Any]) -> list[Any]:
 
     Worker w handles its own share of the loop (e.g. chunks w, w + n, ...), so
     the threads never write to the same memory. Only called when enabled().
+    The calling thread is worker 0: waking a pool thread takes tens of
+    microseconds (80 us on the 2-core VM of docs/benchmarks.md), and a
+    training step hands out a few hundred loops.
     """
     global _pool
     n = _num_threads
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="minires")
+        _pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="minires")
     # NumPy's floating-point error settings (np.errstate) belong to the
     # calling thread's context; the workers must follow the caller's.
     errors = np.geterr()
@@ -111,8 +136,9 @@ def run_workers(work: Callable[[int, int], Any]) -> list[Any]:
             return work(worker, n)
 
     with single_threaded_blas():
-        futures = [_pool.submit(task, w) for w in range(n)]
-        return [f.result() for f in futures]
+        futures = [_pool.submit(task, w) for w in range(1, n)]
+        first = work(0, n)
+        return [first] + [f.result() for f in futures]
 
 
 def share(n: int, worker: int, n_workers: int) -> slice:
