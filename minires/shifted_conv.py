@@ -109,15 +109,30 @@ def supported(kh: int, kw: int, ph: int, pw: int) -> bool:
 
 def pad_flat(xc: Array, g: Geometry) -> Array:
     """(C, N, H, W) -> (C, L + tail): data at lead + (n*Hg + h)*Wg + w, zeros elsewhere."""
-    xp = get_array_module(xc)
-    C = xc.shape[0]
-    flat = xp.zeros((C, g.L + g.tail), dtype=xc.dtype)
-    grid = flat[:, g.lead : g.lead + g.L].reshape(C, g.N, g.Hg, g.Wg)
+    return embed(xc, g.lead, g.Hg, g.Wg, g.tail)
 
-    def copy(rows: slice) -> None:
-        grid[rows, :, : g.H, : g.W] = xc[rows]
 
-    _for_channels(xc, copy)
+def embed(values: Array, front: int, Hg: int, Wg: int, back: int) -> Array:
+    """(C, N, h, w) -> (C, front + N*Hg*Wg + back) flat rows, zeros around the data.
+
+    Value (c, n, i, j) goes to column front + (n*Hg + i)*Wg + j. Every other
+    column is written with a zero once: filling the whole array with zeros
+    first would be a second pass over it, done by one thread.
+    """
+    xp = get_array_module(values)
+    C, N, h, w = values.shape
+    end = front + N * Hg * Wg
+    flat = xp.empty((C, end + back), dtype=values.dtype)
+    grid = flat[:, front:end].reshape(C, N, Hg, Wg)
+
+    def fill(rows: slice) -> None:
+        flat[rows, :front] = 0
+        grid[rows, :, :h, :w] = values[rows]
+        grid[rows, :, :h, w:] = 0  # the zeros after each data row
+        grid[rows, :, h:] = 0  # the zero rows after each image
+        flat[rows, end:] = 0
+
+    _for_channels(values, fill)
     return flat
 
 
@@ -227,13 +242,7 @@ def conv_backward(
     # ``front`` zeros and followed by ``lead`` zeros, so that every shifted
     # read below stays in bounds and reads zero outside the grid.
     front = g.tail
-    gy_ext = xp.zeros((F, front + g.L + g.lead), dtype=gyc.dtype)
-    gy_grid = gy_ext[:, front : front + g.L].reshape(F, g.N, g.Hg, g.Wg)
-
-    def copy(rows: slice) -> None:
-        gy_grid[rows, :, : g.OH, : g.OW] = gyc[rows]
-
-    _for_channels(gyc, copy)
+    gy_ext = embed(gyc, front, g.Hg, g.Wg, g.lead)
     gx = gw = None
     if need_w:
         gy_full = gy_ext[:, front : front + g.L]

@@ -88,6 +88,42 @@ def test_conv2d_float32_close_to_float64_reference(case, seed):
     )
 
 
+@contextmanager
+def poisoned_empty():
+    """np.empty returns NaN-filled arrays: any element read before written shows."""
+    empty = np.empty
+
+    def nan_filled(shape, dtype=float, **kwargs):
+        out = empty(shape, dtype=dtype, **kwargs)
+        out.fill(np.nan)
+        return out
+
+    np.empty = nan_filled
+    try:
+        yield
+    finally:
+        np.empty = empty
+
+
+@given(case=conv_cases(), seed=seeds)
+def test_conv2d_reads_no_uninitialised_memory(case, seed):
+    """The shifted GEMM lays its operands out in np.empty buffers and writes the
+    zero padding itself; a gap left unwritten would read stale memory."""
+    x, w, b = _conv_inputs(case, seed)
+    gy = np.random.default_rng(seed + 1).standard_normal(
+        naive.conv2d(x, w, b, case.stride, case.padding).shape
+    )
+    with poisoned_empty():
+        xt, wt = mr.Tensor(x, requires_grad=True), mr.Tensor(w, requires_grad=True)
+        y = F.conv2d(xt, wt, mr.Tensor(b), case.stride, case.padding)
+        y.backward(mr.Tensor(gy))
+    for name, array in [("y", y.data), ("x.grad", xt.grad), ("w.grad", wt.grad)]:
+        assert np.isfinite(array).all(), f"{name} read uninitialised memory"
+    np.testing.assert_allclose(
+        y.data, naive.conv2d(x, w, b, case.stride, case.padding), rtol=1e-12, atol=1e-12
+    )
+
+
 @pytest.mark.parametrize("case", SHIFTED_CHUNK_CASES)
 def test_conv2d_shifted_in_several_chunks_matches_naive(small_shifted_chunks, case):
     assert grid_positions(case) > 256 and grid_positions(case) % 256  # a partial last chunk
