@@ -146,9 +146,15 @@ def share(n: int, worker: int, n_workers: int) -> slice:
     return slice(n * worker // n_workers, n * (worker + 1) // n_workers)
 
 
-# Below this many array elements, handing work to threads costs more (tens
-# of microseconds) than it saves.
-MIN_PARALLEL_WORK = 1 << 16
+# Below this many array elements, handing work to threads costs more than
+# it saves. A memory-bound pass (a copy, BatchNorm, ReLU) gains little from a
+# second core anyway, since both cores share the memory bandwidth; under ~1M
+# float32 values (4 MB) the wake-up and the two threads' turns at the GIL cost
+# more (measured on the 2-core VM of docs/benchmarks.md: BatchNorm of a
+# (64, 8192) batch took 0.40 ms on two threads, 0.32 ms on one). A product
+# does 2*K flops per output, so it pays off from far fewer outputs.
+MIN_PARALLEL_WORK = 1 << 20
+MIN_PARALLEL_PRODUCT = 1 << 16
 
 
 def for_rows(n_rows: int, body: Callable[[slice], Any], work: int | None = None) -> None:
@@ -173,7 +179,7 @@ def _shareable(a: Any, work: int) -> bool:
 
     CuPy arrays never do: the GPU parallelises on its own.
     """
-    return isinstance(a, np.ndarray) and enabled() and work >= MIN_PARALLEL_WORK
+    return isinstance(a, np.ndarray) and enabled() and work >= MIN_PARALLEL_PRODUCT
 
 
 def matmul(a: Any, b: Any) -> Any:
