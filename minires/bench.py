@@ -165,6 +165,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": _machine(device),
         "steps": args.steps,
     }
+    if device == "cpu":
+        result["blas"] = _blas()
     mr_train, mr_infer, mr_sync = _minires_runner(model_name, batch, device, args.seed)
     torch_runner = None
     if not args.no_torch:
@@ -217,6 +219,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _blas() -> str:
+    """NumPy's BLAS and the kernels it runs: most of a CPU step is its GEMMs.
+
+    OpenBLAS picks its kernels (e.g. "Haswell" for AVX2, "SkylakeX" for
+    AVX-512) by the CPU when it loads, unless OPENBLAS_CORETYPE names them;
+    the same machine can run twice as fast on one as on the other
+    (docs/benchmarks.md), while PyTorch's oneDNN always uses the widest.
+    """
+    try:
+        from threadpoolctl import threadpool_info
+
+        info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    except ImportError:
+        info = []
+    if info:
+        lib = info[0]
+        text = f"{lib['internal_api']} {lib.get('version') or ''}".strip()
+        if lib.get("architecture"):
+            text += f", {lib['architecture']} kernels"
+    else:
+        blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+        text = f"{blas.get('name', 'unknown')} {blas.get('version', '')}".strip()
+    pinned = os.environ.get("OPENBLAS_CORETYPE")
+    return f"{text} (OPENBLAS_CORETYPE={pinned})" if pinned else text
+
+
 def _machine(device: str) -> str:
     if device == "cuda":
         try:
@@ -233,6 +261,7 @@ def report(result: dict[str, Any]) -> str:
     lines = [
         f"minires bench: {result['model']}, batch {result['batch']}, {result['device']} "
         f"({result['machine']}), median of {result['steps']} steps",
+        *([f"NumPy's BLAS: {result['blas']}"] if "blas" in result else []),
         f"{'':12}{'train img/s':>14}{'infer img/s':>14}",
         f"{'minires':12}{result['minires_train_img_s']:14.1f}{result['minires_infer_img_s']:14.1f}",
     ]

@@ -60,3 +60,20 @@ def test_report_prints_the_ratio_when_both_frameworks_ran() -> None:
         }
     )
     assert "ratio" in text and "0.40" in text and "0.30" in text
+
+
+def test_blas_line_names_the_library_and_a_pinned_coretype(monkeypatch) -> None:
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    text = bench._blas()
+    assert text.endswith("(OPENBLAS_CORETYPE=Haswell)")
+    assert text.split()[0] not in ("", "unknown", "(OPENBLAS_CORETYPE=Haswell)")
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    assert "OPENBLAS_CORETYPE" not in bench._blas()
+
+
+def test_a_cpu_run_records_the_blas_and_prints_it(capsys) -> None:
+    argv = ["--batch-size", "2", "--steps", "1", "--warmup", "0", "--pause", "0"]
+    assert cli.main(["bench", *argv, "--no-torch", "--no-memory"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1])
+    assert result["blas"] and f"NumPy's BLAS: {result['blas']}" in out
