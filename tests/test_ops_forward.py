@@ -113,14 +113,23 @@ def test_conv2d_reads_no_uninitialised_memory(case, seed):
     gy = np.random.default_rng(seed + 1).standard_normal(
         naive.conv2d(x, w, b, case.stride, case.padding).shape
     )
-    with poisoned_empty():
+
+    def run():
         xt, wt = mr.Tensor(x, requires_grad=True), mr.Tensor(w, requires_grad=True)
         y = F.conv2d(xt, wt, mr.Tensor(b), case.stride, case.padding)
         y.backward(mr.Tensor(gy))
-    for name, array in [("y", y.data), ("x.grad", xt.grad), ("w.grad", wt.grad)]:
+        return {"y": y.data, "x.grad": xt.grad, "w.grad": wt.grad}
+
+    with poisoned_empty():
+        poisoned = run()
+    for name, array in poisoned.items():
         assert np.isfinite(array).all(), f"{name} read uninitialised memory"
+    # The same numbers as a run on ordinary memory (whose values the other
+    # tests check against the naive loops and finite differences).
+    for name, array in run().items():
+        np.testing.assert_array_equal(poisoned[name], array, err_msg=name)
     np.testing.assert_allclose(
-        y.data, naive.conv2d(x, w, b, case.stride, case.padding), rtol=1e-12, atol=1e-12
+        poisoned["y"], naive.conv2d(x, w, b, case.stride, case.padding), rtol=1e-12, atol=1e-12
     )
 
 

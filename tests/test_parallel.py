@@ -30,12 +30,13 @@ def needs_threadpoolctl() -> None:
 def threaded_loops(monkeypatch) -> set[str]:
     """Make every loop of a small test go parallel, and record which ones did.
 
-    The tests' arrays are far below MIN_PARALLEL_WORK and MIN_PARALLEL_PRODUCT, and a convolution of
-    them is far below one shifted_conv chunk, so each loop would otherwise run
-    serially or as one chunk on one worker. With the threshold at 0 and
-    256-column chunks, the loops split into several uneven shares. Returns
-    where the loops that went through run_workers came from: the name of the
-    minires.parallel function, or "shifted_conv" for the convolution's chunks.
+    The tests' arrays are far below MIN_PARALLEL_WORK and MIN_PARALLEL_PRODUCT,
+    and a convolution of them is far below one shifted_conv chunk, so each loop
+    would otherwise run serially or as one chunk on one worker. With the
+    thresholds at 0 and 256-column chunks, the loops split into several uneven
+    shares. Returns where the loops that went through run_workers came from:
+    the name of the minires.parallel function, or "shifted_conv" for the
+    convolution's chunks.
     """
     monkeypatch.setattr(parallel, "MIN_PARALLEL_WORK", 0)
     monkeypatch.setattr(parallel, "MIN_PARALLEL_PRODUCT", 0)
