@@ -25,7 +25,9 @@ The backward pass reuses the same routine. The input gradient of a
 convolution is a convolution of the output gradient with the same weights,
 read in the opposite direction: dL/dx[c, r] = sum_{f,k} w[f, c, k] gy[f, r - s_k],
 i.e. shifts of -s_k, which become non-negative once gy is given zeros in
-front. No col2im scatter is needed.
+front. No col2im scatter is needed. The weight gradient reads the same
+columns of gy: dL/dw[f, c, k] = sum_r gy[f, r - s_k] x[c, r], so one column
+build per chunk serves both gradients (shifted_matmul_and_t).
 
 Sharing the zero gaps needs kh >= ph + 1 and kw >= pw + 1 (a window never
 reaches past one gap into the next image); ``supported`` checks it.
@@ -225,6 +227,25 @@ def shifted_matmul_t(gy: Array, src: Array, offsets: list[int]) -> Array:
     return gw_t.T
 
 
+def shifted_matmul_and_t(
+    weights: Array, src: Array, offsets: list[int], L: int, other: Array
+) -> tuple[Array, Array]:
+    """Two products of one column matrix, built once per chunk.
+
+    Returns (weights @ columns (F, L), columns @ other.T (C*K, R)) for
+    weights (F, C*K) and other (R, L): the input gradient and the weight
+    gradient of a convolution both read the shifted columns of the output
+    gradient (see conv_backward).
+    """
+    out = get_array_module(src).empty((weights.shape[0], L), dtype=src.dtype)
+
+    def products(a: int, b: int, columns: Array) -> Array:
+        out[:, a:b] = weights @ columns
+        return columns @ other[:, a:b].T
+
+    return out, _over_chunks(src, offsets, L, products)
+
+
 def conv_forward(xc: Array, w: Array, g: Geometry) -> Array:
     """xc (C, N, H, W), w (F, C, kh, kw) -> y (F, N, OH, OW), channel-major."""
     F = w.shape[0]
@@ -238,20 +259,33 @@ def conv_backward(
     """Gradients for gyc (F, N, OH, OW): gx (C, N, H, W) and gw (F, C, kh, kw)."""
     xp = get_array_module(gyc)
     F, C = w.shape[:2]
+    K = g.kh * g.kw
     # gy on the output grid (zeros at the cropped positions), preceded by
     # ``front`` zeros and followed by ``lead`` zeros, so that every shifted
     # read below stays in bounds and reads zero outside the grid.
     front = g.tail
     gy_ext = embed(gyc, front, g.Hg, g.Wg, g.lead)
-    gx = gw = None
-    if need_w:
+    x_flat = pad_flat(xc, g) if need_w else None
+    if not need_x:
+        if not need_w:
+            return None, None
+        # gw[f, c, k] = sum_u gy[f, u] x[c, u + s_k]: the shifted columns of x.
         gy_full = gy_ext[:, front : front + g.L]
-        gw = shifted_matmul_t(gy_full, pad_flat(xc, g), g.shifts).reshape(w.shape)
-    if need_x:
-        # Input pixel (n, h, w) sits at flat index lead + t, t = (n*Hg + h)*Wg + w,
-        # and receives gy[lead + t - s_k] through kernel offset k.
-        w_t = xp.ascontiguousarray(w.transpose(1, 0, 2, 3)).reshape(C, -1)
-        back = [front + g.lead - s for s in g.shifts]
-        gx_grid = shifted_matmul(w_t, gy_ext, back, g.L).reshape(C, g.N, g.Hg, g.Wg)
-        gx = crop(gx_grid, g.H, g.W)
+        return None, shifted_matmul_t(gy_full, x_flat, g.shifts).reshape(w.shape)
+    # Input pixel (n, h, w) sits at flat index lead + t, t = (n*Hg + h)*Wg + w,
+    # and receives gy[lead + t - s_k] through kernel offset k: the columns
+    # below hold, in row (f, k) and column t, gy[f, lead + t - s_k].
+    w_t = xp.ascontiguousarray(w.transpose(1, 0, 2, 3)).reshape(C, -1)
+    back = [front + g.lead - s for s in g.shifts]
+    if not need_w:
+        gx_grid = shifted_matmul(w_t, gy_ext, back, g.L)
+        gw = None
+    else:
+        # The same columns give the weight gradient: with u = lead + t - s_k,
+        # gw[f, c, k] = sum_u gy[f, u] x[c, u + s_k] = sum_t col[(f, k), t] x[c, lead + t].
+        # (t outside [0, L) would meet only zero padding of x, so nothing is lost.)
+        x_grid = x_flat[:, g.lead : g.lead + g.L]
+        gx_grid, gw_fkc = shifted_matmul_and_t(w_t, gy_ext, back, g.L, x_grid)
+        gw = xp.ascontiguousarray(gw_fkc.reshape(F, K, C).transpose(0, 2, 1)).reshape(w.shape)
+    gx = crop(gx_grid.reshape(C, g.N, g.Hg, g.Wg), g.H, g.W)
     return gx, gw

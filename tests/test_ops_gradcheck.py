@@ -7,6 +7,7 @@ hypothesis; ReLU and max-pool inputs are kept away from kinks and ties.
 
 from __future__ import annotations
 
+import naive
 import numpy as np
 import pytest
 from conftest import (
@@ -69,6 +70,34 @@ def test_conv2d_gradcheck(algorithm, case, seed):
         )
     finally:
         F.set_conv_algorithm(previous)
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "im2col"])
+@pytest.mark.parametrize("wanted", ["input", "weight"])
+@with_corners(CONV_CORNERS)
+@given(case=conv_cases(), seed=seeds)
+def test_conv2d_one_gradient_alone_equals_both(algorithm, wanted, case, seed):
+    # The shifted backward computes the input and weight gradients from one
+    # set of columns when both are needed, and each on its own otherwise
+    # (the first conv of a net needs no input gradient).
+    r = np.random.default_rng(seed)
+    x, w = r.standard_normal(case.x_shape), r.standard_normal(case.w_shape)
+    gy = r.standard_normal(naive.conv2d(x, w, None, case.stride, case.padding).shape)
+
+    def grads(x_grad: bool, w_grad: bool):
+        xt, wt = mr.Tensor(x, requires_grad=x_grad), mr.Tensor(w, requires_grad=w_grad)
+        F.conv2d(xt, wt, None, case.stride, case.padding).backward(mr.Tensor(gy))
+        return {"input": xt.grad, "weight": wt.grad}
+
+    previous = F.set_conv_algorithm(algorithm)
+    try:
+        both = grads(True, True)
+        alone = grads(wanted == "input", wanted == "weight")
+    finally:
+        F.set_conv_algorithm(previous)
+    other = "weight" if wanted == "input" else "input"
+    assert alone[other] is None
+    np.testing.assert_allclose(alone[wanted], both[wanted], rtol=1e-12, atol=1e-12)
 
 
 @given(case=conv_cases(max_n=2, max_c=2, max_hw=5), seed=seeds)
