@@ -206,13 +206,7 @@ def _over_chunks(src: Array, offsets: list[int], L: int, body: Callable) -> Arra
 
 def shifted_matmul(weights: Array, src: Array, offsets: list[int], L: int) -> Array:
     """(F, C*K) @ shifted-columns(src) -> (F, L), one chunk of columns at a time."""
-    out = get_array_module(src).empty((weights.shape[0], L), dtype=src.dtype)
-
-    def product(a: int, b: int, columns: Array) -> None:
-        out[:, a:b] = weights @ columns  # each chunk writes only its own columns
-
-    _over_chunks(src, offsets, L, product)
-    return out
+    return shifted_matmul_and_t(weights, src, offsets, L, None)[0]
 
 
 def shifted_matmul_t(gy: Array, src: Array, offsets: list[int]) -> Array:
@@ -228,20 +222,20 @@ def shifted_matmul_t(gy: Array, src: Array, offsets: list[int]) -> Array:
 
 
 def shifted_matmul_and_t(
-    weights: Array, src: Array, offsets: list[int], L: int, other: Array
-) -> tuple[Array, Array]:
+    weights: Array, src: Array, offsets: list[int], L: int, other: Array | None
+) -> tuple[Array, Array | None]:
     """Two products of one column matrix, built once per chunk.
 
     Returns (weights @ columns (F, L), columns @ other.T (C*K, R)) for
-    weights (F, C*K) and other (R, L): the input gradient and the weight
-    gradient of a convolution both read the shifted columns of the output
-    gradient (see conv_backward).
+    weights (F, C*K) and other (R, L), or None for the second when other is
+    None: the input gradient and the weight gradient of a convolution both
+    read the shifted columns of the output gradient (see conv_backward).
     """
     out = get_array_module(src).empty((weights.shape[0], L), dtype=src.dtype)
 
-    def products(a: int, b: int, columns: Array) -> Array:
-        out[:, a:b] = weights @ columns
-        return columns @ other[:, a:b].T
+    def products(a: int, b: int, columns: Array) -> Array | None:
+        out[:, a:b] = weights @ columns  # each chunk writes only its own columns
+        return None if other is None else columns @ other[:, a:b].T
 
     return out, _over_chunks(src, offsets, L, products)
 
@@ -257,6 +251,8 @@ def conv_backward(
     gyc: Array, xc: Array, w: Array, g: Geometry, need_x: bool, need_w: bool
 ) -> tuple[Array | None, Array | None]:
     """Gradients for gyc (F, N, OH, OW): gx (C, N, H, W) and gw (F, C, kh, kw)."""
+    if not (need_x or need_w):
+        return None, None  # only the bias needs a gradient
     xp = get_array_module(gyc)
     F, C = w.shape[:2]
     K = g.kh * g.kw
@@ -267,8 +263,6 @@ def conv_backward(
     gy_ext = embed(gyc, front, g.Hg, g.Wg, g.lead)
     x_flat = pad_flat(xc, g) if need_w else None
     if not need_x:
-        if not need_w:
-            return None, None
         # gw[f, c, k] = sum_u gy[f, u] x[c, u + s_k]: the shifted columns of x.
         gy_full = gy_ext[:, front : front + g.L]
         return None, shifted_matmul_t(gy_full, x_flat, g.shifts).reshape(w.shape)
@@ -277,15 +271,13 @@ def conv_backward(
     # below hold, in row (f, k) and column t, gy[f, lead + t - s_k].
     w_t = xp.ascontiguousarray(w.transpose(1, 0, 2, 3)).reshape(C, -1)
     back = [front + g.lead - s for s in g.shifts]
-    if not need_w:
-        gx_grid = shifted_matmul(w_t, gy_ext, back, g.L)
-        gw = None
-    else:
-        # The same columns give the weight gradient: with u = lead + t - s_k,
-        # gw[f, c, k] = sum_u gy[f, u] x[c, u + s_k] = sum_t col[(f, k), t] x[c, lead + t].
-        # (t outside [0, L) would meet only zero padding of x, so nothing is lost.)
-        x_grid = x_flat[:, g.lead : g.lead + g.L]
-        gx_grid, gw_fkc = shifted_matmul_and_t(w_t, gy_ext, back, g.L, x_grid)
+    # The same columns give the weight gradient: with u = lead + t - s_k,
+    # gw[f, c, k] = sum_u gy[f, u] x[c, u + s_k] = sum_t col[(f, k), t] x[c, lead + t].
+    # (t outside [0, L) would meet only zero padding of x, so nothing is lost.)
+    x_grid = x_flat[:, g.lead : g.lead + g.L] if need_w else None
+    gx_grid, gw_fkc = shifted_matmul_and_t(w_t, gy_ext, back, g.L, x_grid)
+    gw = None
+    if need_w:
         gw = xp.ascontiguousarray(gw_fkc.reshape(F, K, C).transpose(0, 2, 1)).reshape(w.shape)
     gx = crop(gx_grid.reshape(C, g.N, g.Hg, g.Wg), g.H, g.W)
     return gx, gw

@@ -73,7 +73,7 @@ def test_conv2d_gradcheck(algorithm, case, seed):
 
 
 @pytest.mark.parametrize("algorithm", ["auto", "im2col"])
-@pytest.mark.parametrize("wanted", ["input", "weight"])
+@pytest.mark.parametrize("wanted", ["input", "weight", "bias"])
 @with_corners(CONV_CORNERS)
 @given(case=conv_cases(), seed=seeds)
 def test_conv2d_one_gradient_alone_equals_both(algorithm, wanted, case, seed):
@@ -82,22 +82,27 @@ def test_conv2d_one_gradient_alone_equals_both(algorithm, wanted, case, seed):
     # (the first conv of a net needs no input gradient).
     r = np.random.default_rng(seed)
     x, w = r.standard_normal(case.x_shape), r.standard_normal(case.w_shape)
-    gy = r.standard_normal(naive.conv2d(x, w, None, case.stride, case.padding).shape)
+    b = r.standard_normal(case.F)
+    gy = r.standard_normal(naive.conv2d(x, w, b, case.stride, case.padding).shape)
 
-    def grads(x_grad: bool, w_grad: bool):
-        xt, wt = mr.Tensor(x, requires_grad=x_grad), mr.Tensor(w, requires_grad=w_grad)
-        F.conv2d(xt, wt, None, case.stride, case.padding).backward(mr.Tensor(gy))
-        return {"input": xt.grad, "weight": wt.grad}
+    def grads(*needed: str):
+        t = {
+            name: mr.Tensor(value, requires_grad=name in needed)
+            for name, value in (("input", x), ("weight", w), ("bias", b))
+        }
+        F.conv2d(t["input"], t["weight"], t["bias"], case.stride, case.padding).backward(
+            mr.Tensor(gy)
+        )
+        return {name: tensor.grad for name, tensor in t.items()}
 
     previous = F.set_conv_algorithm(algorithm)
     try:
-        both = grads(True, True)
-        alone = grads(wanted == "input", wanted == "weight")
+        every = grads("input", "weight", "bias")
+        alone = grads(wanted)
     finally:
         F.set_conv_algorithm(previous)
-    other = "weight" if wanted == "input" else "input"
-    assert alone[other] is None
-    np.testing.assert_allclose(alone[wanted], both[wanted], rtol=1e-12, atol=1e-12)
+    assert all(alone[name] is None for name in alone if name != wanted)
+    np.testing.assert_allclose(alone[wanted], every[wanted], rtol=1e-12, atol=1e-12)
 
 
 @given(case=conv_cases(max_n=2, max_c=2, max_hw=5), seed=seeds)
