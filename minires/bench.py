@@ -167,6 +167,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if device == "cpu":
         result["blas"] = _blas()
+        note = _blas_note(os.environ.get("OPENBLAS_CORETYPE"), _cpu_flags())
+        if note:
+            result["blas_note"] = note
     mr_train, mr_infer, mr_sync = _minires_runner(model_name, batch, device, args.seed)
     torch_runner = None
     if not args.no_torch:
@@ -245,6 +248,38 @@ def _blas() -> str:
     return f"{text} (OPENBLAS_CORETYPE={pinned})" if pinned else text
 
 
+# OpenBLAS's kernel families that use AVX-512, as OPENBLAS_CORETYPE names them.
+_AVX512_KERNELS = {"skylakex", "cooperlake", "sapphirerapids"}
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where there is none."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _blas_note(pinned: str | None, cpu_flags: set[str]) -> str | None:
+    """A warning when OPENBLAS_CORETYPE keeps NumPy's GEMMs off the CPU's AVX-512.
+
+    PyTorch's oneDNN uses AVX-512 wherever the CPU has it, so the ratio then
+    compares two instruction sets as much as two frameworks: on the 2-core
+    AVX-512 machine of docs/benchmarks.md, pinning OpenBLAS to its AVX2
+    ("Haswell") kernels takes the resnet20 ratio from 0.59-0.60 to 0.46-0.48.
+    """
+    if not pinned or "avx512f" not in cpu_flags or pinned.lower() in _AVX512_KERNELS:
+        return None
+    return (
+        f"OPENBLAS_CORETYPE={pinned} keeps NumPy's BLAS off this CPU's AVX-512, which "
+        "PyTorch uses; unset it to let OpenBLAS choose its kernels"
+    )
+
+
 def _machine(device: str) -> str:
     if device == "cuda":
         try:
@@ -262,6 +297,7 @@ def report(result: dict[str, Any]) -> str:
         f"minires bench: {result['model']}, batch {result['batch']}, {result['device']} "
         f"({result['machine']}), median of {result['steps']} steps",
         *([f"NumPy's BLAS: {result['blas']}"] if "blas" in result else []),
+        *([f"note: {result['blas_note']}"] if "blas_note" in result else []),
         f"{'':12}{'train img/s':>14}{'infer img/s':>14}",
         f"{'minires':12}{result['minires_train_img_s']:14.1f}{result['minires_infer_img_s']:14.1f}",
     ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 
 import pytest
 
@@ -69,6 +71,35 @@ def test_blas_line_names_the_library_and_a_pinned_coretype(monkeypatch) -> None:
     assert text.split()[0] not in ("", "unknown", "(OPENBLAS_CORETYPE=Haswell)")
     monkeypatch.delenv("OPENBLAS_CORETYPE")
     assert "OPENBLAS_CORETYPE" not in bench._blas()
+
+
+def test_a_pin_below_the_cpus_avx512_is_noted() -> None:
+    note = bench._blas_note("Haswell", {"sse2", "avx2", "avx512f"})
+    assert note is not None and "OPENBLAS_CORETYPE=Haswell" in note and "AVX-512" in note
+    assert bench._blas_note("SkylakeX", {"avx2", "avx512f"}) is None  # pinned to AVX-512 kernels
+    assert bench._blas_note("Haswell", {"avx2"}) is None  # the CPU has no AVX-512
+    assert bench._blas_note(None, {"avx512f"}) is None  # OpenBLAS chooses
+    text = bench.report(
+        {
+            "model": "resnet20",
+            "batch": 2,
+            "device": "cpu",
+            "machine": "x",
+            "steps": 1,
+            "blas": "openblas",
+            "blas_note": note,
+            "minires_train_img_s": 1.0,
+            "minires_infer_img_s": 1.0,
+        }
+    )
+    assert f"note: {note}" in text.splitlines()
+
+
+def test_cpu_flags_are_read_on_linux() -> None:
+    flags = bench._cpu_flags()
+    if os.path.exists("/proc/cpuinfo") and platform.machine() in ("x86_64", "AMD64"):
+        assert "sse2" in flags  # every x86-64 CPU has it
+    assert isinstance(flags, set)
 
 
 def test_a_cpu_run_records_the_blas_and_prints_it(capsys) -> None:
