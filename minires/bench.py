@@ -166,8 +166,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "steps": args.steps,
     }
     if device == "cpu":
-        result["blas"] = _blas()
-        note = _blas_note(os.environ.get("OPENBLAS_CORETYPE"), _cpu_flags())
+        lib, pinned = _blas_library(), os.environ.get("OPENBLAS_CORETYPE")
+        result["blas"] = _blas(lib, pinned)
+        note = _blas_note(lib, pinned, _cpu_flags())
         if note:
             result["blas_note"] = note
     mr_train, mr_infer, mr_sync = _minires_runner(model_name, batch, device, args.seed)
@@ -222,13 +223,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _blas() -> str:
-    """NumPy's BLAS and the kernels it runs: most of a CPU step is its GEMMs.
+def _blas_library() -> dict[str, str]:
+    """NumPy's BLAS: its ``name``, ``version`` and, where known, ``architecture``.
 
-    OpenBLAS picks its kernels (e.g. "Haswell" for AVX2, "SkylakeX" for
-    AVX-512) by the CPU when it loads, unless OPENBLAS_CORETYPE names them;
-    the same machine can run twice as fast on one as on the other
-    (docs/benchmarks.md), while PyTorch's oneDNN always uses the widest.
+    threadpoolctl reads the library actually loaded, including the kernels
+    OpenBLAS chose (e.g. "Haswell" for AVX2, "SkylakeX" for AVX-512); without
+    it, NumPy's build configuration names the library.
     """
     try:
         from threadpoolctl import threadpool_info
@@ -238,17 +238,34 @@ def _blas() -> str:
         info = []
     if info:
         lib = info[0]
-        text = f"{lib['internal_api']} {lib.get('version') or ''}".strip()
-        if lib.get("architecture"):
-            text += f", {lib['architecture']} kernels"
-    else:
-        blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
-        text = f"{blas.get('name', 'unknown')} {blas.get('version', '')}".strip()
-    pinned = os.environ.get("OPENBLAS_CORETYPE")
+        return {
+            "name": lib["internal_api"],
+            "version": lib.get("version") or "",
+            "architecture": lib.get("architecture") or "",
+        }
+    blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+    return {
+        "name": blas.get("name", "unknown"),
+        "version": blas.get("version", ""),
+        "architecture": "",
+    }
+
+
+def _blas(lib: dict[str, str], pinned: str | None) -> str:
+    """NumPy's BLAS and the kernels it runs: most of a CPU step is its GEMMs.
+
+    OpenBLAS picks its kernels by the CPU when it loads, unless
+    OPENBLAS_CORETYPE (``pinned``) names them; the same machine can run twice
+    as fast on one as on the other (docs/benchmarks.md), while PyTorch's
+    oneDNN always uses the widest.
+    """
+    text = f"{lib['name']} {lib['version']}".strip()
+    if lib["architecture"]:
+        text += f", {lib['architecture']} kernels"
     return f"{text} (OPENBLAS_CORETYPE={pinned})" if pinned else text
 
 
-# OpenBLAS's kernel families that use AVX-512, as OPENBLAS_CORETYPE names them.
+# OpenBLAS's kernel families that use AVX-512, as it names them.
 _AVX512_KERNELS = {"skylakex", "cooperlake", "sapphirerapids"}
 
 
@@ -264,15 +281,19 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def _blas_note(pinned: str | None, cpu_flags: set[str]) -> str | None:
+def _blas_note(lib: dict[str, str], pinned: str | None, cpu_flags: set[str]) -> str | None:
     """A warning when OPENBLAS_CORETYPE keeps NumPy's GEMMs off the CPU's AVX-512.
 
     PyTorch's oneDNN uses AVX-512 wherever the CPU has it, so the ratio then
     compares two instruction sets as much as two frameworks: on the 2-core
     AVX-512 machine of docs/benchmarks.md, pinning OpenBLAS to its AVX2
     ("Haswell") kernels takes the resnet20 ratio from 0.59-0.60 to 0.46-0.48.
+    The variable matters only to OpenBLAS; the kernels judged are the ones it
+    reports running, or the pinned name where it reports none.
     """
-    if not pinned or "avx512f" not in cpu_flags or pinned.lower() in _AVX512_KERNELS:
+    if not pinned or lib["name"].lower() != "openblas" or "avx512f" not in cpu_flags:
+        return None
+    if (lib["architecture"] or pinned).lower() in _AVX512_KERNELS:
         return None
     return (
         f"OPENBLAS_CORETYPE={pinned} keeps NumPy's BLAS off this CPU's AVX-512, which "

@@ -64,21 +64,30 @@ def test_report_prints_the_ratio_when_both_frameworks_ran() -> None:
     assert "ratio" in text and "0.40" in text and "0.30" in text
 
 
-def test_blas_line_names_the_library_and_a_pinned_coretype(monkeypatch) -> None:
-    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
-    text = bench._blas()
-    assert text.endswith("(OPENBLAS_CORETYPE=Haswell)")
-    assert text.split()[0] not in ("", "unknown", "(OPENBLAS_CORETYPE=Haswell)")
-    monkeypatch.delenv("OPENBLAS_CORETYPE")
-    assert "OPENBLAS_CORETYPE" not in bench._blas()
+def test_blas_line_names_the_library_and_a_pinned_coretype() -> None:
+    lib = bench._blas_library()
+    assert lib["name"] not in ("", "unknown")
+    text = bench._blas(lib, "Haswell")
+    assert text.startswith(lib["name"]) and text.endswith("(OPENBLAS_CORETYPE=Haswell)")
+    assert "OPENBLAS_CORETYPE" not in bench._blas(lib, None)
+    kernels = {"name": "openblas", "version": "0.3", "architecture": "Haswell"}
+    assert bench._blas(kernels, None) == "openblas 0.3, Haswell kernels"
 
 
 def test_a_pin_below_the_cpus_avx512_is_noted() -> None:
-    note = bench._blas_note("Haswell", {"sse2", "avx2", "avx512f"})
+    avx512 = {"sse2", "avx2", "avx512f"}
+    openblas = {"name": "openblas", "version": "0.3", "architecture": ""}
+    haswell = {**openblas, "architecture": "Haswell"}
+    note = bench._blas_note(haswell, "Haswell", avx512)
     assert note is not None and "OPENBLAS_CORETYPE=Haswell" in note and "AVX-512" in note
-    assert bench._blas_note("SkylakeX", {"avx2", "avx512f"}) is None  # pinned to AVX-512 kernels
-    assert bench._blas_note("Haswell", {"avx2"}) is None  # the CPU has no AVX-512
-    assert bench._blas_note(None, {"avx512f"}) is None  # OpenBLAS chooses
+    assert bench._blas_note(openblas, "Haswell", avx512) == note  # kernels unreported: the pin
+    assert bench._blas_note(openblas, "SkylakeX", avx512) is None  # pinned to AVX-512 kernels
+    skylakex = {**openblas, "architecture": "SkylakeX"}
+    assert bench._blas_note(skylakex, "Haswell", avx512) is None  # runs AVX-512 kernels anyway
+    assert bench._blas_note(haswell, "Haswell", {"avx2"}) is None  # the CPU has no AVX-512
+    assert bench._blas_note(openblas, None, avx512) is None  # OpenBLAS chooses
+    mkl = {"name": "mkl", "version": "2024", "architecture": ""}
+    assert bench._blas_note(mkl, "Haswell", avx512) is None  # the variable is OpenBLAS's only
     text = bench.report(
         {
             "model": "resnet20",
