@@ -57,26 +57,10 @@ from __future__ import annotations
 
 from types import ModuleType
 
-import numpy as np
-
 from . import numpy_backend
+from .device import get_array_module, is_cupy_array
 
 _cuda_backend: ModuleType | None = None
-
-
-def is_cupy_array(x: object) -> bool:
-    """True when ``x`` is a CuPy array (checked without importing CuPy)."""
-    return type(x).__module__.startswith("cupy")
-
-
-def get_array_module(x: object) -> ModuleType:
-    """``numpy`` or ``cupy``, whichever ``x`` (an array or a Tensor) belongs to."""
-    data = getattr(x, "data", x)
-    if is_cupy_array(data):
-        import cupy
-
-        return cupy
-    return np
 
 
 def get_backend(x: object) -> ModuleType:
