@@ -13,31 +13,25 @@ Example::
     (1, 2, 4, 4)
 """
 
-from . import data, functional, models, nn, optim, parallel
-from .autograd import (
-    Config,
-    Function,
-    Parameter,
-    Tensor,
-    enable_grad,
-    is_grad_enabled,
-    no_grad,
-    tensor,
-)
+from . import data, functional, models, nn, optim
+from .autograd import Function, Tensor, tensor
+from .backends import parallel
+from .backends.parallel import get_num_threads, set_num_threads
+from .grad_mode import detect_anomaly, enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .gradcheck import GradcheckError, gradcheck
 from .nn.init import manual_seed
-from .parallel import get_num_threads, set_num_threads
+from .nn.parameter import Parameter
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Config",
     "Function",
     "GradcheckError",
     "Parameter",
     "Tensor",
-    "enable_grad",
     "data",
+    "detect_anomaly",
+    "enable_grad",
     "functional",
     "get_num_threads",
     "gradcheck",
@@ -45,9 +39,10 @@ __all__ = [
     "manual_seed",
     "models",
     "nn",
+    "no_grad",
     "optim",
     "parallel",
+    "set_grad_enabled",
     "set_num_threads",
-    "no_grad",
     "tensor",
 ]

@@ -1,14 +1,12 @@
-"""The network ops: convolution, BatchNorm, pooling, linear, loss.
+"""The network ops: convolution, BatchNorm, ReLU, pooling, linear, loss.
 
-Spelled as in ``torch.nn.functional``. Each op is a Function whose forward and
-backward are array code shared by NumPy and CuPy; the steps the two devices do
-differently go through ``get_backend(x)`` (see minires/backends/__init__.py).
-
-Memory layout. Convolution computes its output as a (C_out, N*OH*OW) matrix:
-that is a channel-major (C, N, H, W) array, and it is returned as an NCHW
-*view* of that memory, with no copy. BatchNorm, ReLU, the residual add and the
-next convolution all read channel-major data directly, so the layout never has
-to be converted inside a network. A user sees ordinary (N, C, H, W) tensors.
+Spelled as in ``torch.nn.functional``. Each public function checks its
+arguments (every message names the op, the argument, what was expected and
+what was given) and calls one Function: a short, device-agnostic class whose
+forward and backward hand the work to the backend for the array
+(``get_backend(x)``, minires/backends/): plain NumPy, the fast CPU path, or
+CUDA. The Functions are named ``...Function`` so that a traceback never
+mistakes them for the layers of ``minires.nn``.
 """
 
 from __future__ import annotations
@@ -18,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from . import parallel, shifted_conv
-from .autograd import Function, Tensor, as_tensor, flatten, relu
-from .backends import get_array_module, get_backend, is_cupy_array
-from .backends.numpy_backend import out_size
+from .autograd import Function, Tensor, as_tensor
+from .backends import get_backend, set_cpu_backend
+from .backends.device import get_array_module
+from .backends.layout import from_channel_major, is_channel_major, to_channel_major
 
 Array = Any
 
@@ -34,6 +32,7 @@ __all__ = [
     "flatten",
     "linear",
     "max_pool2d",
+    "pair",
     "relu",
     "set_conv_algorithm",
 ]
@@ -45,7 +44,8 @@ __all__ = [
 # --------------------------------------------------------------------------
 
 
-def _pair(op: str, name: str, value: int | Sequence[int], minimum: int) -> tuple[int, int]:
+def pair(op: str, name: str, value: int | Sequence[int], minimum: int = 0) -> tuple[int, int]:
+    """``value`` as (int, int): an int is used twice; a clear error names ``op`` and ``name``."""
     try:
         pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
     except TypeError:  # not iterable, e.g. a float
@@ -81,71 +81,43 @@ def _check_vector(op: str, name: str, v: Any, length: int) -> None:
 
 
 # --------------------------------------------------------------------------
-# Layout helpers
-# --------------------------------------------------------------------------
-
-
-def to_channel_major(x: Array) -> Array:
-    """(N, C, ...) -> a C-contiguous (C, N, ...) array; free if already stored so."""
-    return get_array_module(x).ascontiguousarray(x.swapaxes(0, 1))
-
-
-def from_channel_major(a: Array) -> Array:
-    """(C, N, ...) -> the (N, C, ...) view of the same memory."""
-    return a.swapaxes(0, 1)
-
-
-def _is_channel_major(x: Array) -> bool:
-    return x.swapaxes(0, 1).flags.c_contiguous
-
-
-# --------------------------------------------------------------------------
 # conv2d
 # --------------------------------------------------------------------------
 
 
-_CONV_ALGORITHMS = ("auto", "im2col", "shifted")
+_CONV_ALGORITHMS = {"auto": "fast", "shifted": "fast", "im2col": "reference"}
+
+
 _conv_algorithm = "auto"
 
 
 def set_conv_algorithm(name: str) -> str:
-    """Choose how conv2d computes: "im2col", "shifted" or "auto"; returns the old one.
+    """Choose how conv2d computes on the CPU: "im2col", "shifted" or "auto"; returns the old one.
 
-    "im2col" is the textbook method (one column matrix, one GEMM), used on
-    every device and for every stride. "shifted" (minires/shifted_conv.py)
-    computes stride-1 convolutions without materialising the column matrix;
-    on a 2-core CPU it makes a resnet20 training step about 1.5x faster
-    (docs/benchmarks.md). "auto" uses "shifted" for stride-1 convolutions on
-    the CPU and "im2col" everywhere else. Both are tested against each other.
+    "im2col" is the textbook method (one column matrix, one GEMM): the
+    reference NumPy backend. "shifted" and "auto" (the default) select the
+    fast CPU backend, which computes stride-1 convolutions as shifted GEMMs
+    without materialising the column matrix, on every core; on a 2-core CPU a
+    resnet20 training step is about 1.5x faster (docs/benchmarks.md). The two
+    are tested against each other. On a GPU, convolutions always use im2col
+    and cuBLAS. (The same switch as ``minires.backends.set_cpu_backend``.)
     """
     global _conv_algorithm
     if name not in _CONV_ALGORITHMS:
-        raise ValueError(f"set_conv_algorithm: expected one of {_CONV_ALGORITHMS}, got {name!r}")
+        raise ValueError(
+            f"set_conv_algorithm: expected one of {tuple(_CONV_ALGORITHMS)}, got {name!r}"
+        )
+    set_cpu_backend(_CONV_ALGORITHMS[name])
     previous, _conv_algorithm = _conv_algorithm, name
     return previous
 
 
-def _use_shifted(x: Array, stride: tuple[int, int], kernel: tuple[int, int], padding) -> bool:
-    if stride != (1, 1) or _conv_algorithm == "im2col" or kernel == (1, 1):
-        return False  # a 1x1 convolution is already a plain GEMM
-    if not shifted_conv.supported(*kernel, *padding):
-        return False
-    return _conv_algorithm == "shifted" or not is_cupy_array(x)
+class Conv2dFunction(Function):
+    """y = conv(x, w) + b. Shapes: x (N, C, H, W), w (F, C, kh, kw), b (F,), y (N, F, OH, OW).
 
-
-class Conv2d(Function):
-    """y = conv(x, w) + b through im2col and one GEMM.
-
-    Shapes: x (N, C, H, W), w (F, C, kh, kw), b (F,), y (N, F, OH, OW).
-    Forward:   col = im2col(x)           (C*kh*kw, N*OH*OW)
-               y   = w.reshape(F, -1) @ col  (F, N*OH*OW), channel-major
-    Backward:  gw  = gy @ col.T          the same GEMM, transposed
-               gx  = col2im(w.T @ gy)    scatter each column back to its pixels
-               gb  = sum of gy over (N, OH, OW)
-    Only x is kept for backward, not col (kh*kw times larger): the column
-    matrix is rebuilt when the weight gradient needs it. With the "shifted"
-    algorithm (see set_conv_algorithm) the same products are computed in
-    cache-sized pieces and no column matrix is ever held whole.
+    The backend does the work: im2col and one GEMM in the reference
+    (numpy_backend.conv2d_forward), shifted GEMMs on the fast CPU path, CUDA
+    kernels and cuBLAS on a GPU; backward gets back what forward saved.
     """
 
     def __init__(self, stride: tuple[int, int], padding: tuple[int, int]):
@@ -153,58 +125,11 @@ class Conv2d(Function):
 
     def forward(self, x: Array, w: Array, b: Array | None = None) -> Array:
         self.backend = get_backend(x)
-        N, C, H, W = x.shape
-        F, _, kh, kw = w.shape
-        (sh, sw), (ph, pw) = self.stride, self.padding
-        self.xc, self.w = to_channel_major(x), w
-        if _use_shifted(x, self.stride, (kh, kw), self.padding):
-            self.geometry = shifted_conv.Geometry(N, H, W, kh, kw, ph, pw)
-            y = shifted_conv.conv_forward(self.xc, w, self.geometry)
-        else:
-            self.geometry = None
-            OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
-            y = parallel.matmul(w.reshape(F, -1), self._im2col()).reshape(F, N, OH, OW)
-        if b is not None:
-            y += b[:, None, None, None]
-        return from_channel_major(y)
+        y, self.saved = self.backend.conv2d_forward(x, w, b, self.stride, self.padding)
+        return y
 
     def backward(self, gy: Array) -> tuple[Array | None, ...]:
-        F = self.w.shape[0]
-        gyc = to_channel_major(gy)
-        gy2 = gyc.reshape(F, -1)
-        need_x, need_w = self.needs_input_grad[:2]
-        gb = None
-        if len(self.needs_input_grad) == 3 and self.needs_input_grad[2]:
-            gb = gy2.sum(axis=1)
-        if self.geometry is not None:
-            gxc, gw = shifted_conv.conv_backward(
-                gyc, self.xc, self.w, self.geometry, need_x, need_w
-            )
-            return (None if gxc is None else from_channel_major(gxc)), gw, gb
-        gx = gw = None
-        if need_x:
-            gx = from_channel_major(self._col2im(parallel.matmul(self.w.reshape(F, -1).T, gy2)))
-        if need_w:
-            gw = parallel.matmul_t(gy2, self._im2col()).reshape(self.w.shape)
-        return gx, gw, gb
-
-    def _one_by_one(self) -> bool:
-        """A 1x1 kernel, stride 1, no padding: the input already is the column matrix."""
-        return self.w.shape[2:] == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
-
-    def _im2col(self) -> Array:
-        """The column matrix (C*kh*kw, N*OH*OW) of the saved input."""
-        if self._one_by_one():
-            return self.xc.reshape(self.xc.shape[0], -1)
-        kh, kw = self.w.shape[2:]
-        return self.backend.im2col(self.xc, kh, kw, *self.stride, *self.padding)
-
-    def _col2im(self, gcol: Array) -> Array:
-        """The adjoint of _im2col: (C*kh*kw, N*OH*OW) -> (C, N, H, W)."""
-        if self._one_by_one():
-            return gcol.reshape(self.xc.shape)
-        kh, kw = self.w.shape[2:]
-        return self.backend.col2im(gcol, self.xc.shape, kh, kw, *self.stride, *self.padding)
+        return self.backend.conv2d_backward(gy, self.saved, self.needs_input_grad)
 
 
 def conv2d(
@@ -229,8 +154,8 @@ def conv2d(
     _check_ndim(op, "weight", w, 4, "(C_out, C_in, kh, kw)")
     _check_float(op, "input", x)
     _check_dtype(op, "weight", w, x)
-    stride_ = _pair(op, "stride", stride, 1)
-    padding_ = _pair(op, "padding", padding, 0)
+    stride_ = pair(op, "stride", stride, 1)
+    padding_ = pair(op, "padding", padding, 0)
     if w.shape[1] != x.shape[1]:
         raise ValueError(
             f"conv2d: weight expects {w.shape[1]} input channels (weight shape "
@@ -249,11 +174,11 @@ def conv2d(
             f"{H + 2 * padding_[0]}x{W + 2 * padding_[1]} (input {H}x{W}, padding {padding_})"
         )
     if bias is None:
-        return Conv2d(stride_, padding_)(x, w)
+        return Conv2dFunction(stride_, padding_)(x, w)
     b = as_tensor(bias)
     _check_dtype(op, "bias", b, x)
     _check_vector(op, "bias", b, w.shape[0])
-    return Conv2d(stride_, padding_)(x, w, b)
+    return Conv2dFunction(stride_, padding_)(x, w, b)
 
 
 # --------------------------------------------------------------------------
@@ -261,7 +186,7 @@ def conv2d(
 # --------------------------------------------------------------------------
 
 
-class BatchNorm(Function):
+class BatchNormFunction(Function):
     """Per-channel normalisation of x (N, C, ...) with affine gamma, beta (C,).
 
     Training: batch statistics, and the running statistics updated in place.
@@ -359,8 +284,37 @@ def batch_norm(
     for name, v in (("weight", gamma), ("bias", beta)):
         _check_vector(op, name, v, C)
         _check_dtype(op, name, v, x)
-    fn = BatchNorm(running_mean, running_var, training, float(momentum), float(eps), affine)
+    fn = BatchNormFunction(running_mean, running_var, training, float(momentum), float(eps), affine)
     return fn(x, gamma, beta)
+
+
+# --------------------------------------------------------------------------
+# relu
+# --------------------------------------------------------------------------
+
+
+class ReLUFunction(Function):
+    """y = max(x, 0); the gradient passes where y > 0 (and is 0 at the kink)."""
+
+    saved_inputs = ()  # backward reads the output y, not x
+
+    def forward(self, x: Array) -> Array:
+        self.backend = get_backend(x)
+        self.y = self.backend.relu_forward(x)
+        return self.y
+
+    def backward(self, gy: Array) -> Array:
+        return self.backend.relu_backward(gy, self.y)
+
+
+def relu(input: Tensor) -> Tensor:
+    """max(input, 0) elementwise, in the input's memory layout."""
+    return ReLUFunction()(input)
+
+
+def flatten(input: Tensor, start_dim: int = 0) -> Tensor:
+    """Merge dimensions start_dim.. into one, as torch.flatten."""
+    return as_tensor(input).flatten(start_dim)
 
 
 # --------------------------------------------------------------------------
@@ -370,7 +324,7 @@ def batch_norm(
 
 def _to_planes(x: Array) -> tuple[Array, bool]:
     """(N, C, H, W) -> contiguous (P, H, W) planes, keeping the memory order."""
-    channel_major = _is_channel_major(x)
+    channel_major = is_channel_major(x)
     a = to_channel_major(x) if channel_major else get_array_module(x).ascontiguousarray(x)
     return a.reshape(-1, *x.shape[2:]), channel_major
 
@@ -381,7 +335,7 @@ def _from_planes(p: Array, n: int, c: int, channel_major: bool) -> Array:
     return p.reshape(n, c, *p.shape[1:])
 
 
-class _Pool2d(Function):
+class _Pool2dFunction(Function):
     """Pooling over each (H, W) plane; subclasses call their backend functions.
 
     The planes are handed to the backend as one contiguous (P, H, W) array,
@@ -409,7 +363,7 @@ class _Pool2d(Function):
         return _from_planes(gx, N, C, self.channel_major)
 
 
-class MaxPool2d(_Pool2d):
+class MaxPool2dFunction(_Pool2dFunction):
     def pool(self, planes: Array) -> Array:
         y, self.argmax = self.backend.max_pool_forward(planes, *self.args)
         return y
@@ -418,7 +372,7 @@ class MaxPool2d(_Pool2d):
         return self.backend.max_pool_backward(g, self.argmax, self.plane_shape, *self.args)
 
 
-class AvgPool2d(_Pool2d):
+class AvgPool2dFunction(_Pool2dFunction):
     def pool(self, planes: Array) -> Array:
         return self.backend.avg_pool_forward(planes, *self.args)
 
@@ -429,9 +383,9 @@ class AvgPool2d(_Pool2d):
 def _pool_args(op: str, x: Tensor, kernel_size, stride, padding):
     _check_ndim(op, "input", x, 4, "(N, C, H, W)")
     _check_float(op, "input", x)
-    k = _pair(op, "kernel_size", kernel_size, 1)
-    s = _pair(op, "stride", k if stride is None else stride, 1)
-    p = _pair(op, "padding", padding, 0)
+    k = pair(op, "kernel_size", kernel_size, 1)
+    s = pair(op, "stride", k if stride is None else stride, 1)
+    p = pair(op, "padding", padding, 0)
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
         raise ValueError(
             f"{op}: padding should be at most half the kernel size, got padding {p} "
@@ -458,7 +412,7 @@ def max_pool2d(
     real data; tests keep inputs away from them).
     """
     x = as_tensor(input)
-    return MaxPool2d(*_pool_args("max_pool2d", x, kernel_size, stride, padding))(x)
+    return MaxPool2dFunction(*_pool_args("max_pool2d", x, kernel_size, stride, padding))(x)
 
 
 def avg_pool2d(
@@ -469,10 +423,10 @@ def avg_pool2d(
 ) -> Tensor:
     """Mean over each window of (N, C, H, W); zero padding counts in the divisor."""
     x = as_tensor(input)
-    return AvgPool2d(*_pool_args("avg_pool2d", x, kernel_size, stride, padding))(x)
+    return AvgPool2dFunction(*_pool_args("avg_pool2d", x, kernel_size, stride, padding))(x)
 
 
-class GlobalAvgPool(Function):
+class GlobalAvgPoolFunction(Function):
     """(N, C, H, W) -> (N, C, 1, 1), the mean over each plane."""
 
     def forward(self, x: Array) -> Array:
@@ -495,17 +449,17 @@ def adaptive_avg_pool2d(input: Tensor, output_size: int | Sequence[int]) -> Tens
     x = as_tensor(input)
     _check_ndim(op, "input", x, 4, "(N, C, H, W)")
     _check_float(op, "input", x)
-    oh, ow = _pair(op, "output_size", output_size, 1)
+    oh, ow = pair(op, "output_size", output_size, 1)
     H, W = x.shape[2:]
     if (oh, ow) == (1, 1):
-        return GlobalAvgPool()(x)
+        return GlobalAvgPoolFunction()(x)
     if H % oh or W % ow:
         raise ValueError(
             f"{op}: output_size {(oh, ow)} must divide the input size {(H, W)} "
             f"(uneven adaptive windows are not implemented)"
         )
     k = (H // oh, W // ow)
-    return AvgPool2d(k, k, (0, 0))(x)
+    return AvgPool2dFunction(k, k, (0, 0))(x)
 
 
 # --------------------------------------------------------------------------
@@ -513,7 +467,7 @@ def adaptive_avg_pool2d(input: Tensor, output_size: int | Sequence[int]) -> Tens
 # --------------------------------------------------------------------------
 
 
-class Linear(Function):
+class LinearFunction(Function):
     """y = x @ w.T + b.  x (N, in), w (out, in), b (out,), y (N, out)."""
 
     def forward(self, x: Array, w: Array, b: Array | None = None) -> Array:
@@ -546,11 +500,11 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
             f"{tuple(w.shape)}), but input has {x.shape[1]} (input shape {tuple(x.shape)})"
         )
     if bias is None:
-        return Linear()(x, w)
+        return LinearFunction()(x, w)
     b = as_tensor(bias)
     _check_dtype(op, "bias", b, x)
     _check_vector(op, "bias", b, w.shape[0])
-    return Linear()(x, w, b)
+    return LinearFunction()(x, w, b)
 
 
 # --------------------------------------------------------------------------
@@ -558,7 +512,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 # --------------------------------------------------------------------------
 
 
-class CrossEntropy(Function):
+class CrossEntropyFunction(Function):
     def __init__(self, labels: Array):
         self.labels = labels
 
@@ -599,5 +553,5 @@ def cross_entropy(input: Tensor, target: Any, reduction: str = "mean") -> Tensor
         )
     if reduction not in ("mean", "sum"):
         raise ValueError(f"{op}: reduction must be 'mean' or 'sum', got {reduction!r}")
-    loss = CrossEntropy(labels.astype(xp.int64, copy=False))(logits)
+    loss = CrossEntropyFunction(labels.astype(xp.int64, copy=False))(logits)
     return loss * N if reduction == "sum" else loss

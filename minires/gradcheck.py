@@ -39,7 +39,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .autograd import Tensor, no_grad
+from .autograd import Tensor
+from .backends.device import full_like_device, to_numpy
+from .grad_mode import no_grad
 
 
 class GradcheckError(AssertionError):
@@ -55,10 +57,6 @@ class _Mismatch:
     @property
     def error(self) -> float:
         return abs(self.analytic - self.numeric)
-
-
-def _to_numpy(a) -> np.ndarray:
-    return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 def _outputs(fn: Callable, inputs: Sequence[Tensor]) -> list[Tensor]:
@@ -77,7 +75,7 @@ def gradcheck(
     atol: float = 1e-5,
     rtol: float = 1e-3,
     *,
-    params: Iterable[Tensor] = (),
+    params: Iterable[Tensor | tuple[str, Tensor]] = (),
     mode: str = "auto",
     max_elements: int = 4096,
     n_directions: int = 3,
@@ -92,7 +90,9 @@ def gradcheck(
         eps: finite-difference step.
         atol, rtol: tolerances (PyTorch's defaults, meant for float64).
         params: more tensors to check that fn uses without taking them as
-            arguments, e.g. ``model.parameters()``. They are perturbed in place.
+            arguments, e.g. ``model.parameters()``, or (name, tensor) pairs
+            such as ``model.named_parameters()`` so that a failure names
+            them. They are perturbed in place.
         mode: "auto", "elementwise", "jacobian" or "directional" (see module doc).
         max_elements: the size up to which "auto" checks every entry.
         n_directions: random directions for the directional check.
@@ -105,17 +105,17 @@ def gradcheck(
     if isinstance(inputs, Tensor):
         inputs = (inputs,)
     inputs = list(inputs)
-    params = list(params)
+    params = [p if isinstance(p, tuple) else (f"param {i}", p) for i, p in enumerate(params)]
     seen: set[int] = set()
     checked: list[tuple[str, Tensor]] = []
     for i, t in enumerate(inputs):
         if isinstance(t, Tensor) and t.requires_grad and id(t) not in seen:
             seen.add(id(t))
             checked.append((f"input {i}", t))
-    for i, t in enumerate(params):
+    for name, t in params:
         if id(t) not in seen:
             seen.add(id(t))
-            checked.append((t.name or f"param {i}", t))
+            checked.append((name, t))
     if not checked:
         raise ValueError("gradcheck: no input has requires_grad=True and no params were given")
     for name, t in checked:
@@ -211,24 +211,20 @@ def _analytic(fn, inputs, checked, upstream) -> list[np.ndarray]:
                 f"gradcheck: the gradient of {name} has shape {t.grad.shape} and dtype "
                 f"{t.grad.dtype}; expected {t.shape} and {t.dtype}"
             )
-        grads.append(_to_numpy(t.grad).astype(np.float64))
+        grads.append(to_numpy(t.grad).astype(np.float64))
     return grads
 
 
 def _like(u: np.ndarray, t: Tensor):
     """u as an array of t's dtype, on t's device."""
-    if t.device == "cuda":
-        import cupy
-
-        return cupy.asarray(u, dtype=t.dtype)
-    return u.astype(t.dtype)
+    return full_like_device(u, t.data)
 
 
 def _objective(fn, inputs, upstream) -> float:
     """<u, f(x)> in float64, without recording a graph."""
     with no_grad():
         outs = _outputs(fn, inputs)
-    return float(sum(np.vdot(u, _to_numpy(o.data)) for o, u in zip(outs, upstream)))
+    return float(sum(np.vdot(u, to_numpy(o.data)) for o, u in zip(outs, upstream)))
 
 
 def _perturbed(t: Tensor, flat_index: int, delta: float, evaluate):
@@ -276,7 +272,7 @@ def _check_jacobian(fn, inputs, checked, reference, eps) -> list[_Mismatch]:
     def flat_outputs() -> np.ndarray:
         with no_grad():
             outs = _outputs(fn, inputs)
-        return np.concatenate([_to_numpy(o.data).astype(np.float64).reshape(-1) for o in outs])
+        return np.concatenate([to_numpy(o.data).astype(np.float64).reshape(-1) for o in outs])
 
     mismatches, col = [], 0
     for name, t in checked:

@@ -42,7 +42,7 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
+from .backends.device import full_like_device
 
 
 def _is_number(value: Any) -> bool:
@@ -54,16 +54,9 @@ def _array_like(data: Any, value: Any) -> Any:
     """A new array holding `value`, of the same kind (NumPy or CuPy) and dtype as `data`.
 
     Used to load a saved buffer: a checkpoint written on one device may be
-    read on the other. (CuPy refuses implicit GPU<->CPU copies, hence `.get()`
-    and the explicit `cupy.array`.)
+    read on the other.
     """
-    if not isinstance(value, np.ndarray) and hasattr(value, "get"):  # a CuPy array
-        value = value.get()
-    if isinstance(data, np.ndarray):
-        return np.array(value, dtype=data.dtype)
-    import cupy  # only reached when the parameters live on a GPU
-
-    return cupy.array(value, dtype=data.dtype)
+    return full_like_device(value, data).copy()
 
 
 def _is_int(value: Any) -> bool:

@@ -50,7 +50,8 @@ from . import __version__, models, optim
 from . import checkpoint as ckpt
 from . import data as mdata
 from . import functional as F
-from .autograd import Tensor, no_grad
+from .autograd import Tensor
+from .grad_mode import no_grad
 from .nn import Conv2d, Module
 from .nn import init as nn_init
 

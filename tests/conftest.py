@@ -182,7 +182,7 @@ SHIFTED_CHUNK_CASES = [
 def small_shifted_chunks(monkeypatch):
     """conv2d on the shifted-GEMM path, in chunks of 256 columns (its minimum)."""
     import minires.functional as F
-    from minires import shifted_conv
+    from minires.backends import shifted_conv
 
     monkeypatch.setattr(shifted_conv, "CHUNK_VALUES", 1)
     previous = F.set_conv_algorithm("shifted")

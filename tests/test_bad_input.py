@@ -70,10 +70,10 @@ def test_conv2d_empty_kernel(kernel):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"kernel_size": 0}, r"Conv2d: kernel_size must be >= 1, got \(0, 0\)"),
+        ({"kernel_size": 0}, r"Conv2d: kernel_size must be >= 1, got 0$"),
         ({"kernel_size": (3, -1)}, r"Conv2d: kernel_size must be >= 1, got \(3, -1\)"),
-        ({"kernel_size": 3, "stride": 0}, r"Conv2d: stride must be >= 1, got \(0, 0\)"),
-        ({"kernel_size": 3, "padding": -1}, r"Conv2d: padding must be >= 0, got \(-1, -1\)"),
+        ({"kernel_size": 3, "stride": 0}, r"Conv2d: stride must be >= 1, got 0$"),
+        ({"kernel_size": 3, "padding": -1}, r"Conv2d: padding must be >= 0, got -1$"),
     ],
 )
 def test_conv2d_layer_checks_its_geometry(kwargs, match):

@@ -29,13 +29,21 @@ def T(a) -> mr.Tensor:
     return mr.Tensor(np.array(a, dtype=np.float64), requires_grad=True)
 
 
+@pytest.fixture(autouse=True)
+def reference_backend():
+    """The bugs below are planted in the reference NumPy backend: run on it."""
+    previous = mr.backends.set_cpu_backend("reference")
+    yield
+    mr.backends.set_cpu_backend(previous)
+
+
 # --------------------------------------------------------------------------
 # The bugs. Each has inputs, the correct function, and a way to break it
 # (patching the NumPy backend for this test only, or a broken Function).
 # --------------------------------------------------------------------------
 
 
-class BrokenConv(F.Conv2d):
+class BrokenConv(F.Conv2dFunction):
     """Weight gradient with the kernel's row and column axes swapped."""
 
     def backward(self, gy):
@@ -43,7 +51,7 @@ class BrokenConv(F.Conv2d):
         return gx, gw.transpose(0, 1, 3, 2), gb
 
 
-class BrokenLinear(F.Linear):
+class BrokenLinear(F.LinearFunction):
     """Forgets the bias: returns None for it, as if it needed no gradient."""
 
     def backward(self, gy):
@@ -312,10 +320,12 @@ def test_params_are_checked_too(rng, monkeypatch):
     # through params=, even though fn does not take it as an argument.
     x = mr.Tensor(rng.standard_normal((3, 4)))
     w, b = T(rng.standard_normal((2, 4))), T(rng.standard_normal(2))
-    b.name = "fc.bias"
     assert mr.gradcheck(lambda x: _linear(x, w, b), x, params=[w, b])
-    with pytest.raises(mr.GradcheckError, match=r"fc\.bias\[\d\]: analytic 0,"):
+    with pytest.raises(mr.GradcheckError, match=r"param 1\[\d\]: analytic 0,"):
         mr.gradcheck(lambda x: BrokenLinear()(x, w, b), x, params=[w, b])
+    named = [("fc.weight", w), ("fc.bias", b)]  # as model.named_parameters() gives
+    with pytest.raises(mr.GradcheckError, match=r"fc\.bias\[\d\]: analytic 0,"):
+        mr.gradcheck(lambda x: BrokenLinear()(x, w, b), x, params=named)
 
 
 def test_a_small_error_within_tolerance_passes_and_beyond_fails(rng):

@@ -151,7 +151,7 @@ def test_no_grad_builds_nothing_to_free():
     with gc_disabled(), mr.no_grad():
         y = net(mr.Tensor(xa))
         assert y.creator is None
-        fn = weakref.ref(F.Linear())
+        fn = weakref.ref(F.LinearFunction())
         assert fn() is None
 
 

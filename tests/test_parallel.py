@@ -7,8 +7,8 @@ import pytest
 
 import minires as mr
 import minires.functional as F
-from minires import parallel, shifted_conv
-from minires.backends import numpy_backend
+from minires.backends import parallel, shifted_conv
+from minires.backends import cpu_backend
 
 
 @pytest.fixture
@@ -118,10 +118,10 @@ def test_batch_norm_and_relu_are_bitwise_equal_across_thread_counts(threads) -> 
     results = []
     for n in (1, 2):
         threads(n)
-        y, xhat, inv_std = numpy_backend.batch_norm_forward(x, gamma, beta, 1e-5, None, None, 0.1)
-        gx = numpy_backend.batch_norm_backward(y, xhat, gamma, inv_std)[0]
-        r = numpy_backend.relu_forward(y)
-        results.append((y, gx, r, numpy_backend.relu_backward(x, r)))
+        y, xhat, inv_std = cpu_backend.batch_norm_forward(x, gamma, beta, 1e-5, None, None, 0.1)
+        gx = cpu_backend.batch_norm_backward(y, xhat, gamma, inv_std)[0]
+        r = cpu_backend.relu_forward(y)
+        results.append((y, gx, r, cpu_backend.relu_backward(x, r)))
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
 

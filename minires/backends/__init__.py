@@ -1,23 +1,36 @@
-"""Backends: the few steps that NumPy and CUDA do differently.
+"""Backends: each device's way of doing the steps of the network ops.
 
-An op in ``minires.functional`` is written once, as array code that works on
-NumPy and CuPy alike (``xp = get_array_module(x)``). The steps where a plain
-array expression would be slow or unclear on one device go through a backend
-module instead. Both backends implement the same functions, with the same
-arguments, shapes and dtypes:
+An op in ``minires.functional`` is one short, device-agnostic Function; the
+work whose best form depends on the device (a convolution, BatchNorm's
+reductions, ReLU, pooling, the loss) goes to the backend that
+``get_backend(x)`` picks for the array (the only place a path is chosen):
+
+    numpy_backend   the reference: plain NumPy, im2col + one GEMM. The textbook.
+    cpu_backend     the default for NumPy arrays: the same results, faster
+                    (shifted-GEMM convolutions, every core; parallel.py,
+                    shifted_conv.py). ``set_cpu_backend("reference")`` or
+                    ``F.set_conv_algorithm("im2col")`` switches to the reference.
+    cuda_backend    CuPy arrays: the reference's algorithms with CUDA C kernels
+                    (kernels/*.cu) and cuBLAS.
+
+device.py is the one helper for which device an array is on and for moving
+it; layout.py holds the layout helpers all backends share. Every backend
+implements the same functions, with the same arguments, shapes and dtypes:
 
 Layout. Convolution and BatchNorm work on *channel-major* arrays, stored
-(C, N, H, W) in memory: building the im2col matrix from that layout copies long
-contiguous rows, and the GEMM of a convolution then writes its output in the
-same layout with no transpose (see docs/architecture.md). The public API is
-NCHW: a Tensor holds an (N, C, H, W)-shaped view of that memory.
+(C, N, H, W) in memory (layout.py): building the im2col matrix from that
+layout copies long contiguous rows, and the GEMM of a convolution then writes
+its output in the same layout with no transpose (see docs/architecture.md).
+The public API is NCHW: a Tensor holds an (N, C, H, W)-shaped view of that
+memory. Every function keeps its input's layout.
 
-    im2col(x, kh, kw, sh, sw, ph, pw) -> col
-        x: (C, N, H, W) C-contiguous.  col: (C*kh*kw, N*OH*OW), row index
-        (c, i, j) = c*kh*kw + i*kw + j, column index (n, oh, ow).
-    col2im(col, x_shape, kh, kw, sh, sw, ph, pw) -> x
-        The adjoint of im2col: x_shape = (C, N, H, W); every entry of col is
-        added back to the input pixel it was copied from (padding dropped).
+    conv2d_forward(x, w, b, stride, padding) -> (y, saved)
+        x (N, C, H, W), w (F, C, kh, kw), b (F,) or None, stride and padding
+        pairs of ints; y (N, F, OH, OW). ``saved`` is what backward needs,
+        whatever the backend chose to keep.
+    conv2d_backward(gy, saved, needs_grad) -> (gx, gw, gb)
+        The gradients of x, w, b, each None where needs_grad (a tuple of
+        bools, one per input given to forward) says it is not wanted.
 
     batch_norm_forward(x, gamma, beta, eps, running_mean, running_var, momentum)
         -> (y, xhat, inv_std)
@@ -29,7 +42,7 @@ NCHW: a Tensor holds an (N, C, H, W)-shaped view of that memory.
     batch_norm_backward(gy, xhat, gamma, inv_std) -> (gx, ggamma, gbeta)
         gy, xhat: (C, M); returns gx (C, M), ggamma (C,), gbeta (C,).
 
-    relu_forward(x) -> y                    any shape, C-contiguous
+    relu_forward(x) -> y                    any shape; y in x's memory layout
     relu_backward(gy, y) -> gx              gx = gy * (y > 0): gy where y > 0, else 0
                                             (a NaN or inf gy still gives NaN there)
 
@@ -57,18 +70,34 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import numpy_backend
+from . import cpu_backend, numpy_backend
 from .device import get_array_module, is_cupy_array
 
+__all__ = ["get_backend", "set_cpu_backend", "get_array_module", "is_cupy_array"]
+
+_CPU_BACKENDS = {"fast": cpu_backend, "reference": numpy_backend}
+_cpu_backend: ModuleType = cpu_backend
 _cuda_backend: ModuleType | None = None
 
 
+def set_cpu_backend(name: str) -> str:
+    """Choose the backend for NumPy arrays; returns the previous choice.
+
+    "fast" (the default, cpu_backend.py): shifted-GEMM convolutions and every
+    op on all cores. "reference" (numpy_backend.py): the textbook code, im2col
+    and one GEMM, single-threaded, which the tests compare "fast" against.
+    """
+    global _cpu_backend
+    if name not in _CPU_BACKENDS:
+        raise ValueError(f"set_cpu_backend: expected one of {tuple(_CPU_BACKENDS)}, got {name!r}")
+    previous = next(k for k, v in _CPU_BACKENDS.items() if v is _cpu_backend)
+    _cpu_backend = _CPU_BACKENDS[name]
+    return previous
+
+
 def get_backend(x: object) -> ModuleType:
-    """The backend module that handles arrays like ``x``."""
-    data = getattr(x, "data", x)
-    if is_cupy_array(data):
-        return cuda()
-    return numpy_backend
+    """The backend for arrays like ``x``: the one place where a device's path is chosen."""
+    return cuda() if is_cupy_array(getattr(x, "data", x)) else _cpu_backend
 
 
 def cuda() -> ModuleType:

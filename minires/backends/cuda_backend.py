@@ -42,7 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from .numpy_backend import out_size
+from . import numpy_backend
+from .layout import out_size
 
 # Threads per block of the elementwise kernels, and the most blocks a launch
 # asks for (a grid-stride loop covers the rest). 4096 blocks of 256 threads
@@ -331,6 +332,17 @@ def col2im(
     _check_size(col.size)
     _launch("col2im", col.dtype, x.size, (col, x, *geometry))
     return x
+
+
+def conv2d_forward(x: Any, w: Any, b: Any, stride: tuple, padding: tuple) -> tuple[Any, tuple]:
+    """numpy_backend.conv2d_forward (im2col + one GEMM) with this file's im2col
+    kernel; the GEMM is CuPy's matmul, i.e. cuBLAS."""
+    return numpy_backend.conv2d_forward(x, w, b, stride, padding, im2col=im2col)
+
+
+def conv2d_backward(gy: Any, saved: tuple, needs_grad: tuple) -> tuple[Any, ...]:
+    """numpy_backend.conv2d_backward with this file's im2col and col2im kernels."""
+    return numpy_backend.conv2d_backward(gy, saved, needs_grad, im2col=im2col, col2im=col2im)
 
 
 # --------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def get_array_module(x: object) -> ModuleType:
 
 
 def device_of(x: object) -> str:
-    """"cuda" for a CuPy array (or a Tensor holding one), else "cpu"."""
+    """ "cuda" for a CuPy array (or a Tensor holding one), else "cpu"."""
     return "cuda" if is_cupy_array(getattr(x, "data", x)) else "cpu"
 
 

@@ -1,29 +1,32 @@
-"""The NumPy backend: the device-specific steps of the ops, on the CPU.
+"""The NumPy backend: the reference, written to be read, on the CPU.
 
-Each function here has a twin of the same name in ``cuda_backend.py`` (whose
-kernels live in ``kernels/*.cu``); the contract they share is written in
-``minires/backends/__init__.py``. Loops here run over kernel *offsets*
-(kh * kw iterations, 9 for a 3x3 conv), never over pixels: each iteration is
-one strided-slice copy that NumPy performs in C.
+Every op of the backend contract (minires/backends/__init__.py) is here in
+plain NumPy, with no threads: this is the textbook code a reader reaches by
+following ``F.conv2d``, and what the tests compare the other backends with.
+``cuda_backend.py`` has a twin of each function, and ``cpu_backend.py`` runs
+these same functions on every core (plus a faster stride-1 convolution).
+Loops here run over kernel *offsets* (kh * kw iterations, 9 for a 3x3 conv),
+never over pixels: each iteration is one strided-slice copy done in C.
 """
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
-from .. import parallel
+from .layout import from_channel_major, out_size, to_channel_major
 
 # --------------------------------------------------------------------------
-# im2col / col2im
+# Convolution: im2col, then one GEMM
 # --------------------------------------------------------------------------
 
 
-def out_size(size: int, k: int, s: int, p: int) -> int:
-    """Output length of a window of size ``k``, stride ``s``, padding ``p``."""
-    return (size + 2 * p - k) // s + 1
-
-
-def im2col(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int) -> np.ndarray:
+def im2col(
+    x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, out: Any = None
+) -> np.ndarray:
     """(C, N, H, W) -> (C*kh*kw, N*OH*OW): one column per output pixel.
 
     Row (c, i, j) of the result holds, for every output pixel (n, oh, ow), the
@@ -31,19 +34,16 @@ def im2col(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int) 
     For a fixed kernel offset (i, j) that is a strided slice of the padded
     input, so the whole matrix is built with kh*kw slice copies. Because x is
     channel-major, each copied row is a run of OW contiguous values.
+    ``out``, if given, is the (C, kh, kw, N, OH, OW) array to fill.
     """
     C, N, H, W = x.shape
     OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
     if ph or pw:
         x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    col = np.empty((C, kh, kw, N, OH, OW), dtype=x.dtype)
-
-    def channels(c: slice) -> None:  # blocks of channels run on all cores
-        for i in range(kh):
-            for j in range(kw):
-                col[c, i, j] = x[c, :, i : i + sh * OH : sh, j : j + sw * OW : sw]
-
-    parallel.for_rows(C, channels, work=col.size)
+    col = np.empty((C, kh, kw, N, OH, OW), dtype=x.dtype) if out is None else out
+    for i in range(kh):
+        for j in range(kw):
+            col[:, i, j] = x[:, :, i : i + sh * OH : sh, j : j + sw * OW : sw]
     return col.reshape(C * kh * kw, N * OH * OW)
 
 
@@ -67,16 +67,93 @@ def col2im(
     OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
     col6 = col.reshape(C, kh, kw, N, OH, OW)
     x = np.zeros((C, N, H + 2 * ph, W + 2 * pw), dtype=col.dtype)
-
-    def channels(c: slice) -> None:
-        for i in range(kh):
-            for j in range(kw):
-                x[c, :, i : i + sh * OH : sh, j : j + sw * OW : sw] += col6[c, i, j]
-
-    parallel.for_rows(C, channels, work=col.size)
+    for i in range(kh):
+        for j in range(kw):
+            x[:, :, i : i + sh * OH : sh, j : j + sw * OW : sw] += col6[:, i, j]
     if ph or pw:
         x = np.ascontiguousarray(x[:, :, ph : ph + H, pw : pw + W])
     return x
+
+
+def _matmul_t(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a @ b.T
+
+
+def conv2d_forward(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    im2col: Callable = im2col,
+    matmul: Callable = operator.matmul,
+) -> tuple[np.ndarray, tuple]:
+    """y = conv(x, w) + b: x (N, C, H, W), w (F, C, kh, kw), b (F,) -> y (N, F, OH, OW).
+
+        col = im2col(x)                (C*kh*kw, N*OH*OW)
+        y   = w.reshape(F, -1) @ col   (F, N*OH*OW): channel-major, returned as
+                                       an (N, F, OH, OW) view with no copy
+
+    Returns y and what conv2d_backward needs: the channel-major input, not
+    col (kh*kw times larger, rebuilt when the weight gradient needs it). The
+    CUDA backend runs this same function with its own im2col kernel, and the
+    fast CPU backend with a GEMM split among threads.
+    """
+    N, C, H, W = x.shape
+    F, _, kh, kw = w.shape
+    OH, OW = out_size(H, kh, stride[0], padding[0]), out_size(W, kw, stride[1], padding[1])
+    xc = to_channel_major(x)
+    saved = (xc, w, stride, padding)
+    y = matmul(w.reshape(F, -1), _columns(saved, im2col)).reshape(F, N, OH, OW)
+    if b is not None:
+        y += b[:, None, None, None]
+    return from_channel_major(y), saved
+
+
+def conv2d_backward(
+    gy: np.ndarray,
+    saved: tuple,
+    needs_grad: tuple[bool, ...],
+    im2col: Callable = im2col,
+    col2im: Callable = col2im,
+    matmul: Callable = operator.matmul,
+    matmul_t: Callable = _matmul_t,
+) -> tuple[np.ndarray | None, ...]:
+    """Gradients (gx, gw, gb) for gy (N, F, OH, OW); None where needs_grad says no.
+
+    gw = gy @ col.T            the forward GEMM, transposed
+    gx = col2im(w.T @ gy)      each column scattered back to its pixels
+    gb = gy summed over (N, OH, OW)
+    """
+    xc, w, stride, padding = saved
+    F, _, kh, kw = w.shape
+    gy2 = to_channel_major(gy).reshape(F, -1)
+    gx = gw = gb = None
+    if len(needs_grad) > 2 and needs_grad[2]:
+        gb = gy2.sum(axis=1)
+    if needs_grad[0]:
+        gcol = matmul(w.reshape(F, -1).T, gy2)
+        if _is_one_by_one(saved):
+            gx = gcol.reshape(xc.shape)
+        else:
+            gx = col2im(gcol, xc.shape, kh, kw, *stride, *padding)
+        gx = from_channel_major(gx)
+    if needs_grad[1]:
+        gw = matmul_t(gy2, _columns(saved, im2col)).reshape(w.shape)
+    return gx, gw, gb
+
+
+def _is_one_by_one(saved: tuple) -> bool:
+    """A 1x1 kernel, stride 1, no padding: the input already is the column matrix."""
+    xc, w, stride, padding = saved
+    return w.shape[2:] == (1, 1) and stride == (1, 1) and padding == (0, 0)
+
+
+def _columns(saved: tuple, im2col: Callable) -> np.ndarray:
+    xc, w, stride, padding = saved
+    if _is_one_by_one(saved):
+        return xc.reshape(xc.shape[0], -1)
+    return im2col(xc, *w.shape[2:], *stride, *padding)
 
 
 # --------------------------------------------------------------------------
@@ -92,40 +169,40 @@ def batch_norm_forward(
     running_mean: np.ndarray | None,
     running_var: np.ndarray | None,
     momentum: float,
+    out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Normalise each row of x (C, M) with its own mean and variance.
 
-    Channels are independent, so blocks of them are shared among the CPU's
-    threads (minires/parallel.py), as the CUDA kernel gives each channel a
-    block of threads.
+    Returns (y, xhat, inv_std): y = gamma * xhat + beta and xhat (C, M), and
+    inv_std (C,). When running_mean is given, running_mean and running_var
+    are updated in place. Channels are independent: the fast CPU backend runs
+    this function on blocks of channels in threads, writing into ``out``.
     """
     C, M = x.shape
-    y, xhat = np.empty_like(x), np.empty_like(x)
-    inv_std = np.empty(C, dtype=x.dtype)
-
-    def channels(c: slice) -> None:
-        mean = x[c].mean(axis=1)
-        np.subtract(x[c], mean[:, None], out=xhat[c])
-        # einsum sums the squares without materialising xhat**2.
-        var = np.einsum("cm,cm->c", xhat[c], xhat[c]) / M
-        inv_std[c] = 1.0 / np.sqrt(var + eps)
-        xhat[c] *= inv_std[c, None]
-        np.multiply(xhat[c], gamma[c, None], out=y[c])
-        y[c] += beta[c, None]
-        if running_mean is not None:
-            # PyTorch keeps the *unbiased* variance in its running estimate.
-            unbiased = var * (M / max(M - 1, 1))
-            running_mean[c] *= 1.0 - momentum
-            running_mean[c] += momentum * mean
-            running_var[c] *= 1.0 - momentum
-            running_var[c] += momentum * unbiased
-
-    parallel.for_rows(C, channels, work=x.size)
+    y, xhat, inv_std = out if out is not None else (np.empty_like(x), np.empty_like(x), None)
+    mean = x.mean(axis=1)
+    np.subtract(x, mean[:, None], out=xhat)
+    var = np.einsum("cm,cm->c", xhat, xhat) / M  # sums the squares without a temporary
+    inv_std = np.divide(1.0, np.sqrt(var + eps), out=inv_std)
+    xhat *= inv_std[:, None]
+    np.multiply(xhat, gamma[:, None], out=y)
+    y += beta[:, None]
+    if running_mean is not None:
+        # PyTorch keeps the *unbiased* variance in its running estimate.
+        unbiased = var * (M / max(M - 1, 1))
+        running_mean *= 1.0 - momentum
+        running_mean += momentum * mean
+        running_var *= 1.0 - momentum
+        running_var += momentum * unbiased
     return y, xhat, inv_std
 
 
 def batch_norm_backward(
-    gy: np.ndarray, xhat: np.ndarray, gamma: np.ndarray, inv_std: np.ndarray
+    gy: np.ndarray,
+    xhat: np.ndarray,
+    gamma: np.ndarray,
+    inv_std: np.ndarray,
+    out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of y = gamma * xhat + beta, xhat = (x - mean(x)) * inv_std.
 
@@ -134,59 +211,34 @@ def batch_norm_backward(
         ggamma = sum(gy * xhat)
         gx     = gamma * inv_std * (gy - gbeta/M - xhat * ggamma/M)
     The two sums are the gradient flowing back through mean and variance.
+    Returns (gx (C, M), ggamma (C,), gbeta (C,)), into ``out`` if given.
     """
     C, M = gy.shape
-    gx = np.empty_like(gy)
-    ggamma, gbeta = np.empty(C, dtype=gy.dtype), np.empty(C, dtype=gy.dtype)
-
-    def channels(c: slice) -> None:
-        gbeta[c] = gy[c].sum(axis=1)
-        ggamma[c] = np.einsum("cm,cm->c", gy[c], xhat[c])
-        np.multiply(xhat[c], (-ggamma[c] / M)[:, None], out=gx[c])
-        gx[c] += gy[c]
-        gx[c] -= (gbeta[c] / M)[:, None]
-        gx[c] *= (gamma[c] * inv_std[c])[:, None]
-
-    parallel.for_rows(C, channels, work=gy.size)
+    gx, ggamma, gbeta = out if out is not None else (np.empty_like(gy), None, None)
+    gbeta = np.sum(gy, axis=1, out=gbeta)
+    ggamma = np.einsum("cm,cm->c", gy, xhat, out=ggamma)
+    np.multiply(xhat, (-ggamma / M)[:, None], out=gx)
+    gx += gy
+    gx -= (gbeta / M)[:, None]
+    gx *= (gamma * inv_std)[:, None]
     return gx, ggamma, gbeta
 
 
 # --------------------------------------------------------------------------
-# ReLU
+# ReLU: NumPy's elementwise ops keep their input's memory layout, so a
+# channel-major activation stays channel-major.
 # --------------------------------------------------------------------------
 
 
-def _rows_of(*arrays: np.ndarray) -> list[np.ndarray] | None:
-    """The arrays as C-contiguous (rows, ...) arrays of the same memory, if they
-    all share one layout (NCHW, or the channel-major NCHW view); else None."""
-    if all(a.flags.c_contiguous for a in arrays):
-        return list(arrays)
-    if all(a.ndim >= 2 and a.swapaxes(0, 1).flags.c_contiguous for a in arrays):
-        return [a.swapaxes(0, 1) for a in arrays]
-    return None
-
-
 def relu_forward(x: np.ndarray) -> np.ndarray:
-    y = np.empty_like(x)  # same memory layout as x
-    rows = _rows_of(x, y)
-    if rows is None or x.ndim == 0:
-        return np.maximum(x, 0)
-    xr, yr = rows
-    parallel.for_rows(len(xr), lambda r: np.maximum(xr[r], 0, out=yr[r]), work=x.size)
-    return y
+    return np.maximum(x, 0)
 
 
 def relu_backward(gy: np.ndarray, y: np.ndarray) -> np.ndarray:
     # y > 0 exactly where x > 0; at x == 0 the gradient is taken as 0.
     # (Multiplying by the boolean mask is ~10x faster than np.where with a
-    # scalar, and bool * float32 stays float32.)
-    gx = np.empty_like(y)
-    rows = _rows_of(gy, y, gx)
-    if rows is None or y.ndim == 0:
-        return gy * (y > 0)
-    gyr, yr, gxr = rows
-    parallel.for_rows(len(yr), lambda r: np.multiply(gyr[r], yr[r] > 0, out=gxr[r]), work=y.size)
-    return gx
+    # scalar, and bool * float32 stays float32; a NaN gy stays NaN.)
+    return gy * (y > 0)
 
 
 # --------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 """Layers and the Module container, spelled as in torch.nn."""
 
-from ..autograd import Parameter
 from . import init
 from .init import manual_seed
 from .layers import (
@@ -16,6 +15,7 @@ from .layers import (
     Sequential,
 )
 from .module import Module
+from .parameter import Parameter
 
 __all__ = [
     "AdaptiveAvgPool2d",

@@ -9,13 +9,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from .. import functional as F
-from ..autograd import Parameter, Tensor
+from ..autograd import Tensor
 from . import init
 from .module import Module
-
-
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+from .parameter import Parameter
 
 
 def _positive(layer: str, name: str, value: int) -> None:
@@ -43,18 +40,9 @@ class Conv2d(Module):
         _positive("Conv2d", "in_channels", in_channels)
         _positive("Conv2d", "out_channels", out_channels)
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.padding = (
-            _pair(kernel_size),
-            _pair(stride),
-            _pair(padding),
-        )
-        for name, pair, low in (
-            ("kernel_size", self.kernel_size, 1),
-            ("stride", self.stride, 1),
-            ("padding", self.padding, 0),
-        ):
-            if min(pair) < low:
-                raise ValueError(f"Conv2d: {name} must be >= {low}, got {pair}")
+        self.kernel_size = F.pair("Conv2d", "kernel_size", kernel_size, 1)
+        self.stride = F.pair("Conv2d", "stride", stride, 1)
+        self.padding = F.pair("Conv2d", "padding", padding, 0)
         shape = (out_channels, in_channels, *self.kernel_size)
         bound = 1.0 / math.sqrt(init.fan_in_and_out(shape)[0])
         self.weight = Parameter(init.uniform(shape, bound))

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..autograd import Parameter, Tensor
+from ..autograd import Tensor
 from ..backends import get_array_module, is_cupy_array
+from .parameter import Parameter
 
 Array = Any
 

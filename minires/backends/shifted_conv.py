@@ -32,7 +32,8 @@ build per chunk serves both gradients (shifted_matmul_and_t).
 Sharing the zero gaps needs kh >= ph + 1 and kw >= pw + 1 (a window never
 reaches past one gap into the next image); ``supported`` checks it.
 
-All functions are plain array code (NumPy or CuPy). Shapes use F output
+Part of the fast CPU backend (cpu_backend.py), on NumPy arrays; the GPU
+backend keeps im2col, whose one big GEMM suits cuBLAS. Shapes use F output
 channels, C input channels, K = kh*kw kernel offsets.
 """
 
@@ -42,8 +43,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from . import parallel
-from .backends import get_array_module, is_cupy_array
 
 Array = Any
 
@@ -121,10 +123,9 @@ def embed(values: Array, front: int, Hg: int, Wg: int, back: int) -> Array:
     column is written with a zero once: filling the whole array with zeros
     first would be a second pass over it, done by one thread.
     """
-    xp = get_array_module(values)
     C, N, h, w = values.shape
     end = front + N * Hg * Wg
-    flat = xp.empty((C, end + back), dtype=values.dtype)
+    flat = np.empty((C, end + back), dtype=values.dtype)
     grid = flat[:, front:end].reshape(C, N, Hg, Wg)
 
     def fill(rows: slice) -> None:
@@ -140,8 +141,7 @@ def embed(values: Array, front: int, Hg: int, Wg: int, back: int) -> Array:
 
 def crop(grid: Array, rows: int, cols: int) -> Array:
     """A contiguous copy of grid[:, :, :rows, :cols] (channel-parallel on the CPU)."""
-    xp = get_array_module(grid)
-    out = xp.empty(grid.shape[:2] + (rows, cols), dtype=grid.dtype)
+    out = np.empty(grid.shape[:2] + (rows, cols), dtype=grid.dtype)
 
     def copy(channels: slice) -> None:
         out[channels] = grid[channels, :, :rows, :cols]
@@ -151,11 +151,8 @@ def crop(grid: Array, rows: int, cols: int) -> Array:
 
 
 def _for_channels(array: Array, body) -> None:
-    """body(channels) over the channel axis: shared among threads on the CPU."""
-    if is_cupy_array(array):
-        body(slice(None))  # one launch on the GPU
-    else:
-        parallel.for_rows(array.shape[0], body, work=array.size)
+    """body(channels) over the channel axis, shared among the threads."""
+    parallel.for_rows(array.shape[0], body, work=array.size)
 
 
 def _chunk(n_rows: int, L: int) -> int:
@@ -184,13 +181,12 @@ def _over_chunks(src: Array, offsets: list[int], L: int, body: Callable) -> Arra
     (minires/parallel.py): worker w of n takes chunks w, w + n, ..., with a
     column buffer of its own, and its partial sum is added at the end.
     """
-    xp = get_array_module(src)
     C, K = src.shape[0], len(offsets)
     step = _chunk(C * K, L)
 
     def work(worker: int, n_workers: int) -> Array | None:
         total = None
-        buffer = xp.empty((C, K, step), dtype=src.dtype)
+        buffer = np.empty((C, K, step), dtype=src.dtype)
         for a in range(worker * step, L, n_workers * step):
             b = min(a + step, L)
             term = body(a, b, _columns(src, offsets, a, b, buffer))
@@ -198,7 +194,7 @@ def _over_chunks(src: Array, offsets: list[int], L: int, body: Callable) -> Arra
                 total = term if total is None else total + term
         return total
 
-    if is_cupy_array(src) or not parallel.enabled():
+    if not parallel.enabled():
         return work(0, 1)
     partial = [p for p in parallel.run_workers(work) if p is not None]
     return sum(partial[1:], partial[0]) if partial else None
@@ -231,7 +227,7 @@ def shifted_matmul_and_t(
     None: the input gradient and the weight gradient of a convolution both
     read the shifted columns of the output gradient (see conv_backward).
     """
-    out = get_array_module(src).empty((weights.shape[0], L), dtype=src.dtype)
+    out = np.empty((weights.shape[0], L), dtype=src.dtype)
 
     def products(a: int, b: int, columns: Array) -> Array | None:
         out[:, a:b] = weights @ columns  # each chunk writes only its own columns
@@ -253,7 +249,6 @@ def conv_backward(
     """Gradients for gyc (F, N, OH, OW): gx (C, N, H, W) and gw (F, C, kh, kw)."""
     if not (need_x or need_w):
         return None, None  # only the bias needs a gradient
-    xp = get_array_module(gyc)
     F, C = w.shape[:2]
     K = g.kh * g.kw
     # gy on the output grid (zeros at the cropped positions), preceded by
@@ -269,7 +264,7 @@ def conv_backward(
     # Input pixel (n, h, w) sits at flat index lead + t, t = (n*Hg + h)*Wg + w,
     # and receives gy[lead + t - s_k] through kernel offset k: the columns
     # below hold, in row (f, k) and column t, gy[f, lead + t - s_k].
-    w_t = xp.ascontiguousarray(w.transpose(1, 0, 2, 3)).reshape(C, -1)
+    w_t = np.ascontiguousarray(w.transpose(1, 0, 2, 3)).reshape(C, -1)
     back = [front + g.lead - s for s in g.shifts]
     # The same columns give the weight gradient: with u = lead + t - s_k,
     # gw[f, c, k] = sum_u gy[f, u] x[c, u + s_k] = sum_t col[(f, k), t] x[c, lead + t].
@@ -278,6 +273,6 @@ def conv_backward(
     gx_grid, gw_fkc = shifted_matmul_and_t(w_t, gy_ext, back, g.L, x_grid)
     gw = None
     if need_w:
-        gw = xp.ascontiguousarray(gw_fkc.reshape(F, K, C).transpose(0, 2, 1)).reshape(w.shape)
+        gw = np.ascontiguousarray(gw_fkc.reshape(F, K, C).transpose(0, 2, 1)).reshape(w.shape)
     gx = crop(gx_grid.reshape(C, g.N, g.Hg, g.Wg), g.H, g.W)
     return gx, gw
