@@ -210,7 +210,9 @@ def test_composite_expression_gradcheck(rng):
     assert check(
         lambda a, b, c: ((a * b - c).exp() / c + (a @ b.reshape(3, 1)) ** 2).mean(0), a, b, c
     )
-    assert mr.gradcheck(lambda a, b, c: (F.relu(a) * b + c.log()).sum(1), (a, b, c), mode="jacobian")
+    assert mr.gradcheck(
+        lambda a, b, c: (F.relu(a) * b + c.log()).sum(1), (a, b, c), mode="jacobian"
+    )
 
 
 # --------------------------------------------------------------------------

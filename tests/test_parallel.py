@@ -7,8 +7,7 @@ import pytest
 
 import minires as mr
 import minires.functional as F
-from minires.backends import parallel, shifted_conv
-from minires.backends import cpu_backend
+from minires.backends import cpu_backend, parallel, shifted_conv
 
 
 @pytest.fixture
