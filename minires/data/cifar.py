@@ -16,14 +16,35 @@ Each batch is a pickled dict with (byte-string) keys
 
 Nothing here downloads anything: you fetch and unpack the archive yourself,
 then point `load_cifar10` at the folder (or at the folder that contains it).
+
+Reading a pickle safely. `pickle.load` runs whatever the file asks for: a
+pickle names functions ("globals", e.g. `os.system`) and calls them, so a
+doctored `data_batch_1` would run its command as soon as training starts.
+Here every global a file names goes through `_SafeUnpickler.find_class`, which
+hands out only the few objects that a CIFAR-10 batch needs (the `_ALLOWED`
+table below) and refuses anything else before it is imported or called. A
+restricted unpickler rather than a parser of our own: the batches are
+ordinary pickles, and Python's own unpickler reads every protocol that
+Python 2 and 3 write, so the one thing to get right is this short table.
+After loading, `read_batch` checks the keys, the data's dtype and shape, and
+every label, so a damaged file fails here, naming the file, and not halfway
+through training.
 """
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 
 import numpy as np
+
+try:  # NumPy 2 names the package numpy._core; NumPy 1 numpy.core.
+    from numpy._core.multiarray import _reconstruct
+    from numpy._core.numeric import _frombuffer
+except ImportError:  # NumPy 1.x
+    from numpy.core.multiarray import _reconstruct
+    from numpy.core.numeric import _frombuffer
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -70,44 +91,131 @@ def find_cifar10_dir(data_dir: str | Path) -> Path:
     )
 
 
+def _latin1(text, encoding):
+    """Stands in for `_codecs.encode`, which Python 3 uses to pickle bytes at
+    protocols 0-2 (`encode("batch_label", "latin1")`); nothing else."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError(f"refused _codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
+def _empty_bytes():
+    """Stands in for `bytes`, which Python 3 uses to pickle b"" at protocols 0-2."""
+    return b""
+
+
+# The only globals a CIFAR-10 batch may name, and what each one becomes.
+_ALLOWED = {
+    # A numpy array (b"data") is pickled as _reconstruct(ndarray, (0,), b"b")
+    # followed by its dtype and raw bytes. Python 2 and NumPy 1 write the
+    # module as numpy.core.multiarray, NumPy 2 as numpy._core.multiarray.
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    # Pickle protocol 5 (the default from Python 3.14) stores an array as
+    # _frombuffer(raw bytes, dtype, shape, order) instead: np.frombuffer and
+    # a reshape (NumPy refuses object dtypes there, so no pointers are read).
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    # Bytes written by Python 3 at protocols 0-2 (Python 2 and protocols 3+
+    # store bytes directly, with no global). Restricted stand-ins, not the
+    # real functions.
+    ("_codecs", "encode"): _latin1,
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
+}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """An unpickler that can build only what `_ALLOWED` lists."""
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _ALLOWED[module, name]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"it names {module}.{name}, which a CIFAR-10 file never contains "
+                "(refused: nothing was imported or run)"
+            ) from None
+
+
+def _unpickle(path: Path):
+    """Unpickle `path` with `_SafeUnpickler`; any failure is a DatasetFormatError."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DatasetNotFoundError(f"load_cifar10: {str(path)!r} does not exist") from None
+    try:
+        # The files were pickled by Python 2: encoding="bytes" keeps the keys
+        # as byte strings (b"data") instead of failing to decode them.
+        return _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as e:  # a truncated or damaged pickle fails in many ways
+        raise DatasetFormatError(
+            f"load_cifar10: {str(path)!r} is not a readable CIFAR-10 pickle: "
+            f"{type(e).__name__}: {e}"
+        ) from None
+
+
 def read_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read one pickled CIFAR-10 batch file.
 
     Returns images uint8 (N, 3, 32, 32) and labels int64 (N,), in file order.
+    Raises DatasetFormatError, naming the file, if it is not a valid batch.
     """
     path = Path(path)
-    with open(path, "rb") as f:
-        # The files were pickled by Python 2: encoding="bytes" keeps the keys
-        # as byte strings (b"data") instead of failing to decode them.
-        batch = pickle.load(f, encoding="bytes")
-    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
-        raise DatasetFormatError(
-            f"load_cifar10: {str(path)!r} should be a pickled dict with keys "
-            f"b'data' and b'labels', got {keys}"
+    batch = _unpickle(path)
+
+    def bad(what: str) -> DatasetFormatError:
+        return DatasetFormatError(f"load_cifar10: {str(path)!r}: {what}")
+
+    if not isinstance(batch, dict):
+        got = type(batch).__name__
+        raise bad(f"should be a pickled dict with keys b'data' and b'labels', got a {got}")
+    missing = [repr(key) for key in (b"data", b"labels") if key not in batch]
+    if missing:
+        keys = ", ".join(sorted(map(repr, batch))) or "none"
+        raise bad(
+            f"should be a pickled dict with keys b'data' and b'labels'; "
+            f"{' and '.join(missing)} missing (keys: {keys})"
         )
-    data = np.asarray(batch[b"data"])
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DatasetFormatError(
-            f"load_cifar10: {str(path)!r}: b'data' should be uint8 of shape (N, 3072), "
-            f"got {data.dtype} {data.shape}"
+    data = batch[b"data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape[1:] != (3072,):
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise bad(f"b'data' should be uint8 of shape (N, 3072), got {got}")
+    try:
+        labels = np.asarray(batch[b"labels"])
+    except (ValueError, OverflowError) as e:  # e.g. a ragged list
+        raise bad(f"b'labels' is not a list of integers ({e})") from None
+    if labels.dtype.kind not in "iu" or labels.shape != (data.shape[0],):
+        raise bad(
+            f"b'labels' should be {data.shape[0]} integers (one per row of b'data'), "
+            f"got {labels.dtype} of shape {labels.shape}"
         )
-    if labels.shape != (data.shape[0],):
-        raise DatasetFormatError(
-            f"load_cifar10: {str(path)!r}: expected {data.shape[0]} labels, "
-            f"got shape {labels.shape}"
-        )
+    wrong = np.flatnonzero((labels < 0) | (labels > 9))
+    if wrong.size:
+        i = wrong[0]
+        raise bad(f"label {labels[i]} at index {i} is outside 0..9 ({wrong.size} such labels)")
     # Row layout is channel-major (all red, all green, all blue), so a plain
     # reshape gives NCHW with no transpose.
-    return data.reshape(-1, 3, 32, 32), labels
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 def load_cifar10_classes(data_dir: str | Path) -> list[str]:
     """The ten class names from `batches.meta` ("airplane", ..., "truck")."""
-    with open(find_cifar10_dir(data_dir) / META_FILE, "rb") as f:
-        meta = pickle.load(f, encoding="bytes")
-    return [name.decode() if isinstance(name, bytes) else name for name in meta[b"label_names"]]
+    path = find_cifar10_dir(data_dir) / META_FILE
+    meta = _unpickle(path)
+    names = meta.get(b"label_names") if isinstance(meta, dict) else None
+    if (
+        not isinstance(names, list)
+        or len(names) != 10
+        or not all(isinstance(n, (bytes, str)) for n in names)
+    ):
+        raise DatasetFormatError(
+            f"load_cifar10: {str(path)!r} should be a pickled dict whose b'label_names' "
+            "is a list of ten class names"
+        )
+    return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
 
 
 def load_cifar10(
