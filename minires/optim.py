@@ -269,6 +269,8 @@ class SGD(Optimizer):
                         buf += (1.0 - dampening) * g
                     g = g + momentum * buf if nesterov else buf
                 p.data -= lr * g  # in place: other references see the update
+                if hasattr(p, "bump_version"):  # a graph that saved p is now stale
+                    p.bump_version()
 
 
 # --------------------------------------------------------------------------- #

@@ -1,10 +1,19 @@
-"""Shared test setup: hypothesis profiles, a seeded generator, kink-free inputs.
+"""Shared test setup: hypothesis profiles, a seeded generator, kink-free inputs,
+and no silent skips in CI.
 
 Hypothesis profiles (choose with HYPOTHESIS_PROFILE=<name>, default "ci"):
     ci        few examples, derandomized: the whole suite stays fast and
               every run draws the same cases
     dev       more examples, random each run
     thorough  many examples, for a long run before a release
+
+Optional imports: a test that needs PyTorch (or another package of the
+``test`` extra) asks with ``pytest.importorskip("torch")``. Outside CI that
+skips the test when the package is missing. When the environment variable
+``CI`` is set (as .ci/run and every CI service do), the ``test`` extra has
+been installed, so a missing package is a broken install: the skip becomes a
+failure that names the package, and no comparison with PyTorch can be
+skipped without anyone noticing.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import math  # noqa: E402
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +48,61 @@ settings.register_profile(
     "thorough", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# --------------------------------------------------------------------------
+# No silent skips in CI
+# --------------------------------------------------------------------------
+
+# The packages that tests import with pytest.importorskip, all installed by
+# the `test` extra (pyproject.toml): in CI a missing one fails its tests.
+REQUIRED_IN_CI = ("torch", "nbformat", "jupytext", "nbclient", "ipykernel", "matplotlib")
+
+_IMPORT_SKIP = re.compile(r"could not import '([\w.]+)'")
+
+
+def in_ci() -> bool:
+    """True when the environment variable CI is set (to anything but "", "0", "false")."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _required_but_missing(report) -> str | None:
+    """The package a skipped report could not import, when CI requires it."""
+    if not report.skipped or not in_ci():
+        return None
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    match = _IMPORT_SKIP.search(reason)
+    if match and match.group(1).split(".")[0] in REQUIRED_IN_CI:
+        return reason
+    return None
+
+
+def _fail_instead(report, reason: str) -> None:
+    report.outcome = "failed"
+    report.longrepr = (
+        f"CI is set, so the `test` extra is installed and this test must run, "
+        f"but it would have been skipped: {reason}"
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    reason = _required_but_missing(report)
+    if reason:
+        _fail_instead(report, reason)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    # A module-level importorskip skips the whole file at collection.
+    outcome = yield
+    report = outcome.get_result()
+    reason = _required_but_missing(report)
+    if reason:
+        _fail_instead(report, reason)
 
 
 @pytest.fixture

@@ -567,6 +567,35 @@ def test_retain_grad_sums_all_consumers(rng):
     np.testing.assert_array_equal(h.grad, np.full(3, 7.0))
 
 
+def test_retain_grad_accumulates_over_backward_calls(rng):
+    # Like a leaf's, a retained gradient adds up over backward passes until
+    # it is reset; it is not overwritten by the latest pass.
+    x = T(rng.standard_normal(3))
+    h = x * 3.0
+    h.retain_grad()
+    y1, y2 = (h * h).sum(), (h * 5.0).sum()
+    y1.backward(retain_graph=True)
+    np.testing.assert_allclose(h.grad, 2 * h.data, rtol=1e-15)
+    y2.backward()
+    np.testing.assert_allclose(h.grad, 2 * h.data + 5.0, rtol=1e-15)
+    np.testing.assert_allclose(x.grad, 3 * (2 * h.data + 5.0), rtol=1e-15)
+
+
+def test_retain_grad_accumulates_as_torch(rng):
+    torch = pytest.importorskip("torch")
+    a = rng.standard_normal((2, 3))
+    x, xt = T(a), torch.tensor(a, requires_grad=True)
+    h, ht = x * 3.0, xt * 3.0
+    h.retain_grad(), ht.retain_grad()
+    for _ in range(2):  # the same graph twice
+        (h * h).sum().backward(retain_graph=True)
+        (ht * ht).sum().backward(retain_graph=True)
+    (h * h.exp()).mean().backward()  # and another graph through h
+    (ht * ht.exp()).mean().backward()
+    np.testing.assert_allclose(h.grad, ht.grad.numpy(), rtol=1e-13)
+    np.testing.assert_allclose(x.grad, xt.grad.numpy(), rtol=1e-13)
+
+
 def test_gradient_keeps_dtype_and_shape(rng):
     for dtype in (np.float32, np.float64):
         x = mr.Tensor(rng.standard_normal((2, 1, 3)).astype(dtype), requires_grad=True)

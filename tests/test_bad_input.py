@@ -306,9 +306,9 @@ def test_load_state_dict_missing_keys():
     net = _net()
     state = dict(net.state_dict())
     del state["1.running_var"], state["0.bias"]
-    with pytest.raises(KeyError, match=r"load_state_dict for Sequential: missing keys: 0\.bias"):
+    with pytest.raises(RuntimeError, match=r"for Sequential: missing keys: 0\.bias"):
         net.load_state_dict(state)
-    with pytest.raises(KeyError, match=r"1\.running_var"):
+    with pytest.raises(RuntimeError, match=r"1\.running_var"):
         net.load_state_dict(state)
 
 
@@ -316,7 +316,7 @@ def test_load_state_dict_unexpected_keys():
     net = _net()
     state = dict(net.state_dict())
     state["2.weight"] = np.ones(3)
-    with pytest.raises(KeyError, match=r"unexpected keys: 2\.weight"):
+    with pytest.raises(RuntimeError, match=r"unexpected keys: 2\.weight"):
         net.load_state_dict(state)
 
 
@@ -325,9 +325,7 @@ def test_load_state_dict_wrong_shape_changes_nothing():
     before = {k: v.copy() for k, v in net.state_dict().items()}
     state = {k: np.full(np.shape(v), 9.0) for k, v in before.items()}
     state["3.weight"] = np.zeros((4, 3))  # transposed
-    with pytest.raises(
-        ValueError, match=r"shape mismatch for 3\.weight: expected shape \(3, 4\), got \(4, 3\)"
-    ):
+    with pytest.raises(RuntimeError, match=r"3\.weight: expected shape \(3, 4\), got \(4, 3\)"):
         net.load_state_dict(state)
     for k, v in net.state_dict().items():
         np.testing.assert_array_equal(v, before[k])  # all or nothing

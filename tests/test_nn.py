@@ -84,7 +84,7 @@ def test_a_shared_parameter_is_listed_once():
     lin = nn.Linear(3, 3)
     net = nn.Sequential(lin, nn.ReLU(), lin)
     assert [n for n, _ in net.named_parameters()] == ["0.weight", "0.bias"]
-    assert net.num_parameters() == 12
+    assert mr.models.count_parameters(net) == 12
 
 
 def test_setting_attributes_before_init_is_an_error():
@@ -192,12 +192,15 @@ def test_state_dict_round_trip_reproduces_the_model():
 
 def test_load_state_dict_copies_values_and_keeps_dtypes():
     m = block()
-    state = {k: np.full(np.shape(v), 0.5, dtype=np.float64) for k, v in m.state_dict().items()}
+    state = {
+        k: np.full(np.shape(v), 0.5 if v.dtype.kind == "f" else 3.0, dtype=np.float64)
+        for k, v in m.state_dict().items()
+    }
     state["fc.bias"] = mr.Tensor(np.arange(4.0))  # Tensors are accepted too
     m.load_state_dict(state)
     assert m.fc.weight.dtype == np.float32
     np.testing.assert_array_equal(m.fc.bias.data, [0, 1, 2, 3])
-    assert m.bn.num_batches_tracked.dtype == np.int64
+    assert m.bn.num_batches_tracked.dtype == np.int64 and int(m.bn.num_batches_tracked) == 3
     state["fc.weight"][...] = 7.0  # the module holds copies, not the given arrays
     assert m.fc.weight.data[0, 0] == 0.5
 
@@ -205,25 +208,183 @@ def test_load_state_dict_copies_values_and_keeps_dtypes():
 def test_load_state_dict_non_strict_ignores_extra_and_missing():
     m = block()
     before = m.fc.weight.data.copy()
-    m.load_state_dict({"bn.running_mean": np.ones(3), "other.thing": np.zeros(2)}, strict=False)
+    result = m.load_state_dict(
+        {"bn.running_mean": np.ones(3), "other.thing": np.zeros(2)}, strict=False
+    )
     np.testing.assert_array_equal(m.bn.running_mean, 1)
     np.testing.assert_array_equal(m.fc.weight.data, before)
+    assert result.missing_keys == [
+        "conv.weight",
+        "bn.weight",
+        "bn.bias",
+        "bn.running_var",
+        "fc.weight",
+        "fc.bias",
+    ]  # not bn.num_batches_tracked: tolerated, as in PyTorch
+    assert result.unexpected_keys == ["other.thing"]
+    missing, unexpected = result  # a named tuple, as PyTorch's _IncompatibleKeys
+    assert (missing, unexpected) == (result.missing_keys, result.unexpected_keys)
+    assert repr(m.load_state_dict(m.state_dict())) == "<All keys matched successfully>"
 
 
 def test_load_state_dict_strict_errors():
     m = block()
     state = dict(m.state_dict())
-    state.pop("bn.num_batches_tracked")
-    with pytest.raises(KeyError, match=r"missing keys: bn\.num_batches_tracked"):
+    state.pop("fc.bias")
+    with pytest.raises(RuntimeError, match=r"missing keys: fc\.bias"):
         m.load_state_dict(state)
-    state["bn.num_batches_tracked"] = np.zeros((), np.int64)
+    state["fc.bias"] = np.zeros(4)
     state["bn.extra"] = np.zeros(1)
-    with pytest.raises(KeyError, match=r"unexpected keys: bn\.extra"):
+    with pytest.raises(RuntimeError, match=r"unexpected keys: bn\.extra"):
         m.load_state_dict(state)
     del state["bn.extra"]
     state["bn.running_var"] = np.ones(4)
-    with pytest.raises(ValueError, match=r"bn\.running_var: expected shape \(3,\), got \(4,\)"):
+    with pytest.raises(RuntimeError, match=r"bn\.running_var: expected shape \(3,\), got \(4,\)"):
         m.load_state_dict(state)
+    # A shape mismatch is an error even with strict=False, as in PyTorch.
+    with pytest.raises(RuntimeError, match=r"bn\.running_var: expected shape"):
+        m.load_state_dict(state, strict=False)
+
+
+def test_load_state_dict_error_is_still_a_key_and_value_error():
+    # minires raised KeyError / ValueError before; callers catching those
+    # (minires.train.load_model_state among them) keep working.
+    m = block()
+    for state in ({}, dict(m.state_dict(), **{"fc.bias": np.zeros(5)})):
+        for kind in (RuntimeError, KeyError, ValueError):
+            with pytest.raises(kind):
+                m.load_state_dict(state)
+    with pytest.raises(RuntimeError) as info:
+        m.load_state_dict({})
+    assert str(info.value).startswith("load_state_dict for Block: missing keys: conv.weight")
+
+
+def _bad_last(state, key, value):
+    """``state`` with ``key`` moved to the end and set to ``value``."""
+    state = {k: v for k, v in state.items() if k != key}
+    state[key] = value
+    return state
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("fc.bias", np.zeros(5), r"fc\.bias: expected shape \(4,\), got \(5,\)"),
+        ("fc.bias", np.array(["a", "b", "c", "d"]), r"fc\.bias: expected real numbers"),
+        ("fc.bias", np.zeros(4, np.complex128), r"fc\.bias: expected real numbers.*complex"),
+        ("fc.bias", [[1.0], [2.0], [3.0], [4.0]], r"fc\.bias: expected shape"),
+        (
+            "bn.num_batches_tracked",
+            np.array(2.5),
+            r"bn\.num_batches_tracked: expected whole numbers for int64",
+        ),
+        ("zz.unexpected", np.zeros(1), r"unexpected keys: zz\.unexpected"),
+    ],
+)
+def test_load_state_dict_is_all_or_nothing(key, value, message):
+    # Every key is checked before the first copy: a bad LAST key leaves every
+    # earlier parameter and buffer as it was (not merely the bad one).
+    m = block()
+    before = {k: np.array(v, copy=True) for k, v in m.state_dict().items()}
+    new = {k: np.asarray(v) + 1 for k, v in before.items()}  # every value differs
+    state = _bad_last(new, key, value)
+    assert list(state)[-1] == key
+    with pytest.raises(RuntimeError, match=message):
+        m.load_state_dict(state)
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    m.load_state_dict(new)  # the same dict without the bad key loads
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, new[k], err_msg=k)
+
+
+def test_load_state_dict_names_every_bad_key():
+    m = block()
+    state = dict(m.state_dict(), **{"conv.weight": np.zeros(1), "fc.bias": np.zeros(1)})
+    with pytest.raises(RuntimeError, match=r"conv\.weight: expected shape.*; fc\.bias: expected"):
+        m.load_state_dict(state)
+
+
+def test_load_state_dict_whole_floats_into_an_integer_buffer():
+    m = block()
+    state = dict(m.state_dict(), **{"bn.num_batches_tracked": np.array(7.0)})
+    m.load_state_dict(state)
+    assert m.bn.num_batches_tracked.dtype == np.int64 and int(m.bn.num_batches_tracked) == 7
+
+
+def test_load_state_dict_without_num_batches_tracked_as_torch():
+    # Older torchvision checkpoints have no num_batches_tracked. PyTorch's
+    # BatchNorm fills a missing one with the module's own value when the dict
+    # carries no version metadata (a plain dict of arrays, as here): the key
+    # is neither an error nor reported missing, and the counter is unchanged.
+    m = mr.models.resnet20()
+    m(mr.tensor(np.ones((2, 3, 8, 8), np.float32)))  # counters at 1
+    old = {
+        k: np.array(v, copy=True) + (k.endswith("running_var") or k.endswith("weight"))
+        for k, v in m.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
+    assert m.load_state_dict(old) == ([], [])
+    for k, v in m.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            assert int(v) == 1, k
+        else:
+            np.testing.assert_array_equal(v, old[k], err_msg=k)
+
+    torch = pytest.importorskip("torch")
+    t = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3))
+    t[1].num_batches_tracked.fill_(5)
+    plain = {k: v.clone() for k, v in t.state_dict().items() if "num_batches" not in k}
+    assert tuple(t.load_state_dict(plain)) == ([], [])
+    assert int(t[1].num_batches_tracked) == 5
+    ours = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3))
+    ours[1].num_batches_tracked[...] = 5
+    assert tuple(ours.load_state_dict({k: v.numpy() for k, v in plain.items()})) == ([], [])
+    assert int(ours[1].num_batches_tracked) == 5
+
+
+def test_load_state_dict_reports_and_raises_as_torch():
+    # The same dicts given to the same layout in PyTorch and in minires: the
+    # same missing and unexpected keys (strict=False), the same exception type
+    # (strict=True, or a shape mismatch), the same keys named.
+    torch = pytest.importorskip("torch")
+
+    class TorchBlock(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(2, 3, 3, padding=1, bias=False)
+            self.bn = torch.nn.BatchNorm2d(3)
+            self.act = torch.nn.ReLU()
+            self.fc = torch.nn.Linear(3, 4)
+
+    t, m = TorchBlock(), block()
+    assert list(t.state_dict()) == list(m.state_dict())
+    full = {k: v.numpy().copy() for k, v in t.state_dict().items()}
+    cases = [
+        {k: v for k, v in full.items() if k not in ("bn.bias", "fc.weight")},
+        dict(full, **{"extra.weight": np.zeros(2), "bn.other": np.zeros(3)}),
+        {"bn.weight": full["bn.weight"], "nope": np.zeros(1)},
+        {k: v for k, v in full.items() if not k.endswith("num_batches_tracked")},
+        full,
+    ]
+    for state in cases:
+        theirs = t.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, False)
+        ours = m.load_state_dict(state, strict=False)
+        assert ours.missing_keys == theirs.missing_keys
+        assert ours.unexpected_keys == theirs.unexpected_keys
+        assert repr(ours) == repr(theirs).replace("_IncompatibleKeys", "IncompatibleKeys")
+        if theirs.missing_keys or theirs.unexpected_keys:
+            with pytest.raises(RuntimeError) as torch_error:
+                t.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+            with pytest.raises(RuntimeError) as our_error:
+                m.load_state_dict(state)
+            for key in theirs.missing_keys + theirs.unexpected_keys:
+                assert key in str(torch_error.value) and key in str(our_error.value)
+    misshapen = dict(full, **{"fc.bias": np.zeros(5, np.float32)})
+    with pytest.raises(RuntimeError, match=r"fc\.bias"):
+        t.load_state_dict({k: torch.from_numpy(v) for k, v in misshapen.items()}, False)
+    with pytest.raises(RuntimeError, match=r"fc\.bias"):
+        m.load_state_dict(misshapen, strict=False)
 
 
 # --------------------------------------------------------------------------

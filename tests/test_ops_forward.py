@@ -2,7 +2,8 @@
 
 Shapes come from hypothesis (odd sizes, stride > 1, padding, batch 1, one
 channel, 1x1 and non-square kernels, kernels larger than the stride) plus a
-fixed list of corners. torch, when installed, is an optional extra check.
+fixed list of corners. PyTorch is a second, independent check: it is in the
+`test` extra, and in CI a missing torch fails these tests (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -402,7 +403,7 @@ def test_cross_entropy_uniform_logits_is_log_k():
 
 
 # --------------------------------------------------------------------------
-# Optional: torch as an extra, independent check
+# PyTorch as a second, independent check (never skipped in CI)
 # --------------------------------------------------------------------------
 
 

@@ -198,6 +198,47 @@ def test_batch_norm_eval_gradcheck(shape, seed):
     )
 
 
+# Which of (x, weight, bias) require a gradient. Each one alone matters: in
+# eval mode gamma's gradient needs x-hat, saved only when gamma asks for it,
+# and a swapped flag (weight's read as bias's) once passed every other test.
+BN_WANTED = [
+    ("weight",),
+    ("bias",),
+    ("x",),
+    ("x", "weight"),
+    ("x", "bias"),
+    ("weight", "bias"),
+]
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("wanted", BN_WANTED, ids="+".join)
+def test_batch_norm_one_gradient_alone(wanted, training, rng):
+    x0, g0, b0 = _bn_inputs(rng, (3, 2, 2, 3))
+    rm, rv = 12 + rng.standard_normal(2), rng.uniform(5, 30, 2)
+    x, gamma, beta = (
+        mr.Tensor(t.data, requires_grad=name in wanted)
+        for t, name in zip((x0, g0, b0), ("x", "weight", "bias"))
+    )
+
+    def fn(x, gamma, beta):
+        return F.batch_norm(x, rm.copy(), rv.copy(), gamma, beta, training=training)
+
+    # Against finite differences: a gradient left at None counts as zero,
+    # which finite differences contradict.
+    assert mr.gradcheck(fn, (x, gamma, beta), mode="elementwise")
+    gy = rng.standard_normal(x.shape)
+    fn(x, gamma, beta).backward(gy)
+    for t, name in zip((x, gamma, beta), ("x", "weight", "bias")):
+        assert (t.grad is not None) == (name in wanted), name
+    if not training:  # and against the formula: y = gamma * (x - rm) / sqrt(rv + eps) + beta
+        xhat = (x.data - rm[:, None, None]) / np.sqrt(rv + 1e-5)[:, None, None]
+        if "weight" in wanted:
+            np.testing.assert_allclose(gamma.grad, (gy * xhat).sum(axis=(0, 2, 3)), rtol=1e-12)
+        if "bias" in wanted:
+            np.testing.assert_allclose(beta.grad, gy.sum(axis=(0, 2, 3)), rtol=1e-12)
+
+
 def test_batch_norm_training_without_affine_gradcheck(rng):
     x = T(5 * rng.standard_normal((3, 2, 3, 3)) + 12)
     assert mr.gradcheck(lambda x: F.batch_norm(x, None, None, training=True), x)

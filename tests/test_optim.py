@@ -65,6 +65,55 @@ def test_nesterov_weight_decay_dampening_by_hand():
     assert q.data[0] == pytest.approx(-3.0, abs=1e-15)
 
 
+def test_nesterov_second_step_by_hand():
+    # On the first step the buffer equals the gradient, so g + m*buf cannot be
+    # told from g + m*g or (1 + m)*buf; the second step can.
+    p = Param([1.0], grad=[2.0])
+    opt = SGD([p], lr=0.1, momentum=0.5, weight_decay=0.1, nesterov=True)
+    opt.step()  # d = 2 + 0.1*1 = 2.1; b = 2.1; p = 1 - 0.1*(2.1 + 0.5*2.1) = 0.685
+    p.grad = np.array([1.0])
+    opt.step()  # d = 1 + 0.1*0.685 = 1.0685; b = 0.5*2.1 + 1.0685 = 2.1185
+    # p = 0.685 - 0.1*(1.0685 + 0.5*2.1185) = 0.685 - 0.212775
+    assert p.data[0] == pytest.approx(0.472225, abs=1e-15)
+    assert opt.state[0]["momentum_buffer"][0] == pytest.approx(2.1185, abs=1e-15)
+
+
+def _nesterov_by_hand(p0, grads, lr, m, wd):
+    """Every iterate of Nesterov SGD (dampening 0), written out."""
+    p, buf, out = p0.copy(), None, []
+    for g in grads:
+        d = g + wd * p
+        buf = d.copy() if buf is None else m * buf + d
+        p = p - lr * (d + m * buf)
+        out.append(p)
+    return out
+
+
+def test_nesterov_several_steps_match_the_formula_and_torch(rng):
+    lr, m, wd = 0.05, 0.9, 1e-2
+    p0 = rng.standard_normal(6)
+    grads = [rng.standard_normal(6) for _ in range(6)]
+    p = Param(p0.copy())
+    opt = SGD([p], lr=lr, momentum=m, weight_decay=wd, nesterov=True, dampening=0.0)
+    ours = []
+    for g in grads:
+        p.grad = g.copy()
+        opt.step()
+        ours.append(p.data.copy())
+    for k, (a, b) in enumerate(zip(ours, _nesterov_by_hand(p0, grads, lr, m, wd))):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15, err_msg=f"step {k + 1}")
+
+    torch = pytest.importorskip("torch")
+    t = torch.tensor(p0.copy(), requires_grad=True)
+    topt = torch.optim.SGD([t], lr=lr, momentum=m, weight_decay=wd, nesterov=True, dampening=0)
+    for k, g in enumerate(grads):
+        t.grad = torch.tensor(g.copy())
+        topt.step()
+        np.testing.assert_allclose(
+            ours[k], t.detach().numpy(), rtol=1e-13, atol=1e-15, err_msg=f"step {k + 1}"
+        )
+
+
 def test_update_is_in_place_and_grad_untouched():
     p = Param(np.ones(3), grad=np.full(3, 2.0))
     alias = p.data

@@ -7,17 +7,45 @@ walk the tree and produce dotted names such as ``layer1.0.conv1.weight``.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from ..autograd import Tensor
-from ..backends import get_array_module, is_cupy_array
+from ..backends.device import get_array_module, is_cupy_array, to_device
 from .parameter import Parameter
 
 Array = Any
+
+
+class IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])):
+    """What ``load_state_dict`` returns: the keys it did not match, as PyTorch's.
+
+    ``missing_keys``: the module's keys absent from the dict (reported when
+    strict=False; strict=True raises instead); ``unexpected_keys``: the dict's
+    keys the module does not have.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"
+        return super().__repr__()
+
+    __str__ = __repr__
+
+
+class StateDictError(RuntimeError, KeyError, ValueError):
+    """``load_state_dict`` refused a dict; the message names every bad key.
+
+    A RuntimeError, as PyTorch raises. It is also a KeyError and a ValueError,
+    the types minires raised before, so that code catching those still works.
+    """
+
+    __str__ = BaseException.__str__  # not KeyError's, which would quote the message
 
 
 class Module:
@@ -154,9 +182,6 @@ class Module:
         for _, b in self.named_buffers():
             yield b
 
-    def num_parameters(self) -> int:
-        return int(sum(p.size for p in self.parameters()))
-
     # -- modes --------------------------------------------------------------
 
     def train(self, mode: bool = True) -> Module:
@@ -200,58 +225,86 @@ class Module:
                     state[dot + bname] = b
         return state
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
-        """Copy arrays into this module's parameters and buffers, in place.
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True
+    ) -> IncompatibleKeys:
+        """Copy arrays into this module's parameters and buffers, in place, as PyTorch.
 
-        Values may be NumPy or CuPy arrays (or Tensors); they are converted to
-        each target's device and dtype. With strict=True (the default), any
-        missing or unexpected key, and any shape mismatch, raises KeyError or
-        ValueError naming them, and nothing is changed.
+        Values may be NumPy or CuPy arrays, Tensors or nested lists; each is
+        copied into its target, converted to the target's device and dtype.
+        Returns ``IncompatibleKeys(missing_keys, unexpected_keys)``, a named
+        tuple as PyTorch's ``_IncompatibleKeys``.
+
+        All or nothing: every key, shape and dtype is checked before anything
+        is copied, and on any error the module is left unchanged. Errors raise
+        ``StateDictError`` (a RuntimeError, as in PyTorch), which names every
+        offending key:
+
+        - strict=True (the default): a missing or an unexpected key;
+        - always: a shape that differs from the target's, or a value that
+          cannot become the target's dtype without changing a number (not
+          real numbers, complex values, a fraction into an integer buffer).
+          PyTorch casts these silently or with a warning; minires refuses.
+
+        A missing ``num_batches_tracked`` (BatchNorm's counter, absent from
+        older torchvision checkpoints) is tolerated as PyTorch tolerates it in
+        a dict without version metadata: the buffer keeps its current value
+        and the key is not reported missing.
         """
-        targets: dict[str, tuple[Module, str, str]] = {}
+        targets: OrderedDict[str, Array] = OrderedDict()
+        params: dict[str, Parameter] = {}  # whose version to bump once copied into
         for mname, module in self.named_modules():
             dot = f"{mname}." if mname else ""
             for pname, p in module._parameters.items():
                 if p is not None:
-                    targets[dot + pname] = (module, pname, "param")
+                    targets[dot + pname] = p.data
+                    params[dot + pname] = p
             for bname, b in module._buffers.items():
                 if b is not None:
-                    targets[dot + bname] = (module, bname, "buffer")
-        missing = [k for k in targets if k not in state_dict]
+                    targets[dot + bname] = b
+        missing = [
+            k
+            for k in targets
+            if k not in state_dict and k.rpartition(".")[2] != "num_batches_tracked"
+        ]
         unexpected = [k for k in state_dict if k not in targets]
-        if strict and (missing or unexpected):
-            parts = []
-            if missing:
-                parts.append(f"missing keys: {_short(missing)}")
-            if unexpected:
-                parts.append(f"unexpected keys: {_short(unexpected)}")
-            raise KeyError(f"load_state_dict for {type(self).__name__}: " + "; ".join(parts))
-        mismatched = []
-        for key, (module, name, _) in targets.items():
-            if key in state_dict:
-                value = state_dict[key]
-                value = value.data if isinstance(value, Tensor) else value
-                current = _current(module, name)
-                if tuple(np.shape(value)) != tuple(current.shape):
-                    mismatched.append(
-                        f"{key}: expected shape {tuple(current.shape)}, "
-                        f"got {tuple(np.shape(value))}"
-                    )
-        if mismatched:
-            raise ValueError(
-                f"load_state_dict for {type(self).__name__}: shape mismatch for "
-                + "; ".join(mismatched[:10])
-                + (f" (and {len(mismatched) - 10} more)" if len(mismatched) > 10 else "")
+        problems = []
+        if strict and missing:
+            problems.append(f"missing keys: {_short(missing)}")
+        if strict and unexpected:
+            problems.append(f"unexpected keys: {_short(unexpected)}")
+
+        # Check every value, and convert it into a staged copy on the
+        # target's device and dtype, before changing anything.
+        staged: list[tuple[str, Array, Array]] = []
+        bad: list[str] = []
+        for key, current in targets.items():
+            if key not in state_dict:
+                continue
+            value = state_dict[key]
+            value = value.data if isinstance(value, Tensor) else value
+            if not is_cupy_array(value):
+                value = np.asarray(value)
+            why = _cannot_load(value, current)
+            if why:
+                bad.append(f"{key}: {why}")
+                continue
+            xp = get_array_module(current)
+            value = to_device(value, "cuda" if is_cupy_array(current) else "cpu")
+            staged.append((key, current, xp.asarray(value, dtype=current.dtype)))
+        if bad:
+            problems.append(
+                "; ".join(bad[:10]) + (f" (and {len(bad) - 10} more)" if len(bad) > 10 else "")
             )
-        for key, (module, name, _) in targets.items():
-            if key in state_dict:
-                value = state_dict[key]
-                value = value.data if isinstance(value, Tensor) else value
-                current = _current(module, name)
-                xp = get_array_module(current)
-                if is_cupy_array(value) and xp is np:
-                    value = value.get()
-                current[...] = xp.asarray(value, dtype=current.dtype)
+        if problems:
+            raise StateDictError(
+                f"load_state_dict for {type(self).__name__}: " + "; ".join(problems)
+            )
+        for key, current, value in staged:
+            current[...] = value
+            if key in params:  # a graph that saved the old values can no longer backward
+                params[key].bump_version()
+        return IncompatibleKeys(missing, unexpected)
 
     # -- device and dtype ---------------------------------------------------
 
@@ -264,9 +317,11 @@ class Module:
         if isinstance(target, str):
             if target not in ("cpu", "cuda"):
                 raise ValueError(f"Module.to: expected 'cpu', 'cuda' or a dtype, got {target!r}")
-            from ..backends import cuda
+            device = target
 
-            convert = cuda().to_gpu if target == "cuda" else _to_cpu
+            def convert(a: Array) -> Array:
+                return to_device(a, device)
+
         else:
             dtype = np.dtype(target)
             if dtype.kind != "f":
@@ -330,13 +385,18 @@ class RemovableHandle:
         self.remove()
 
 
-def _current(module: Module, name: str) -> Array:
-    p = module._parameters.get(name)
-    return p.data if p is not None else module._buffers[name]
-
-
-def _to_cpu(a: Array) -> Array:
-    return a.get() if is_cupy_array(a) else a
+def _cannot_load(value: Array, current: Array) -> str:
+    """Why ``value`` cannot be copied into ``current`` unchanged, or ''."""
+    if tuple(value.shape) != tuple(current.shape):
+        return f"expected shape {tuple(current.shape)}, got {tuple(value.shape)}"
+    kind = value.dtype.kind
+    if kind not in "biuf":
+        return f"expected real numbers for {current.dtype}, got dtype {value.dtype}"
+    if current.dtype.kind in "iu" and kind == "f":
+        xp = get_array_module(value)
+        if not bool(xp.all(xp.isfinite(value) & (value == xp.trunc(value)))):
+            return f"expected whole numbers for {current.dtype}, got fractions in {value.dtype}"
+    return ""
 
 
 def _short(keys: list[str], limit: int = 10) -> str:
