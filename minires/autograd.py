@@ -1,20 +1,15 @@
 """Tensor and Function: the two halves of reverse-mode automatic differentiation.
 
-A ``Tensor`` holds an array (NumPy or CuPy) and, when it was computed, the
-``Function`` that made it. A Function knows its forward (arrays in, arrays
-out) and its backward (output gradients in, input gradients out); calling one
-on Tensors records a node of the graph, and ``Tensor.backward()`` walks the
-graph back to the leaves, applying the chain rule at every node:
-1. iteratively, in reverse topological order (a heap keyed on each Function's
-   *generation*, its depth from the leaves), so a ResNet-1202 needs no
-   recursion limit;
-2. a tensor used twice (the residual fork ``y = F(x) + x``) gets the sum of
-   both gradients before its creator runs;
-3. Functions hold inputs strongly and outputs weakly, and drop what they saved
-   once backward has used it, so the graph is freed as soon as backward ends.
-The Functions behind Tensor's operators and methods are here too, since
-Tensor's ``+`` needs Add and Add makes Tensors. The network ops (conv2d,
-batch_norm, relu, ...) live in ``functional.py``, the only caller of a backend.
+A ``Tensor`` holds an array (NumPy or CuPy) and the ``Function`` that made it.
+A Function knows its forward (arrays in, arrays out) and its backward (output
+gradients in, input gradients out); calling one on Tensors records a node of
+the graph. ``Tensor.backward()`` hands the graph to ``run_backward``
+(backward.py), which walks it back to the leaves in reverse topological order,
+applying the chain rule at every node. Functions hold their inputs strongly and
+their outputs weakly, so the graph is freed as soon as it is no longer needed.
+The Functions behind Tensor's operators and methods live here too (Tensor's
+``+`` needs Add, and Add makes Tensors); the network ops, the only callers of
+a device's backend, live in functional.py.
 """
 
 from __future__ import annotations
@@ -253,13 +248,15 @@ class Function:
     gradient, so backward can skip the work for the others.
 
     ``saved_inputs`` lists (by position) the inputs whose values backward
-    reads; None means all. If one of them is changed in place through minires
-    before backward runs, backward raises instead of returning a wrong gradient.
+    reads (None: all); if one is changed in place through minires before
+    backward runs, backward raises rather than return a wrong gradient.
+    ``saved_outputs`` lists the outputs it reads (checked in detect_anomaly).
     """
 
     generation: int = 0
     needs_input_grad: tuple[bool, ...] = ()
     saved_inputs: tuple[int, ...] | None = None
+    saved_outputs: tuple[int, ...] = ()
 
     def __call__(self, *inputs: object) -> Any:
         tensors = _as_tensors(inputs)
@@ -279,8 +276,10 @@ class Function:
             self.output_meta = [(out.shape, out.dtype) for out in outputs]
             saved = range(len(tensors)) if self.saved_inputs is None else self.saved_inputs
             self.versions = {i: tensors[i]._version for i in saved if i < len(tensors)}
-            if is_anomaly_enabled():
-                self.copies = {i: tensors[i].data.copy() for i in self.versions}
+            if is_anomaly_enabled():  # keep copies of what backward reads, to compare
+                kept = [(f"input {i}", tensors[i].data) for i in self.versions]
+                kept += [(f"output {i}", outputs[i].data) for i in self.saved_outputs]
+                self.copies = [(what, a, a.copy()) for what, a in kept]
         return outputs[0] if single else tuple(outputs)
 
     def forward(self, *xs: Array) -> Array | tuple[Array, ...]:
@@ -290,20 +289,20 @@ class Function:
         raise NotImplementedError
 
     def check_saved_inputs(self) -> None:
-        """Raise if an input that backward reads was changed since forward."""
+        """Raise if a value that backward reads was changed since forward."""
         for i, version in self.versions.items():
-            x = self.inputs[i]
-            changed = x._version != version
-            if not changed and hasattr(self, "copies"):
-                copy = self.copies[i]
-                nan_ok = copy.dtype.kind in "fc"
-                changed = not get_array_module(copy).array_equal(x.data, copy, equal_nan=nan_ok)
-            if changed:
+            if self.inputs[i]._version != version:
                 raise RuntimeError(
-                    f"{type(self).__name__}.backward: its input {i} (shape {x.shape}) was "
-                    "changed in place after the forward pass (by an optimiser step, "
-                    "load_state_dict or a write to .data), so the gradient would be wrong; "
-                    "compute the forward pass again"
+                    f"{type(self).__name__}.backward: its input {i} (shape {self.inputs[i].shape})"
+                    " was changed in place after the forward pass (by an optimiser step or "
+                    "load_state_dict), so the gradient would be wrong; run the forward again"
+                )
+        for what, array, copy in getattr(self, "copies", ()):
+            if not get_array_module(copy).array_equal(array, copy, copy.dtype.kind in "fc"):
+                raise RuntimeError(
+                    f"{type(self).__name__}.backward (detect_anomaly): its {what} (shape "
+                    f"{copy.shape}) was overwritten after the forward pass (a write to .data?), "
+                    "so the gradient would be wrong"
                 )
 
     def release(self) -> None:
@@ -430,7 +429,7 @@ class Pow(Function):
 
 
 class Exp(Function):
-    saved_inputs = ()  # backward reads the output, which nothing changes in place
+    saved_inputs, saved_outputs = (), (0,)  # backward reads the output, not the input
     def forward(self, a): self.y = get_array_module(a).exp(a); return self.y  # noqa: E702
     def backward(self, gy): return gy * self.y
 

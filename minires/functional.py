@@ -120,6 +120,8 @@ class Conv2dFunction(Function):
     kernels and cuBLAS on a GPU; backward gets back what forward saved.
     """
 
+    saved_inputs = (0, 1)  # x and w; not the bias
+
     def __init__(self, stride: tuple[int, int], padding: tuple[int, int]):
         self.stride, self.padding = stride, padding
 
@@ -192,6 +194,8 @@ class BatchNormFunction(Function):
     Training: batch statistics, and the running statistics updated in place.
     Evaluation: the running statistics, so y is an affine map of x.
     """
+
+    saved_inputs = (1,)  # gamma (x enters backward as xhat)
 
     def __init__(self, running_mean, running_var, training, momentum, eps, affine):
         self.running_mean, self.running_var = running_mean, running_var
@@ -296,7 +300,7 @@ def batch_norm(
 class ReLUFunction(Function):
     """y = max(x, 0); the gradient passes where y > 0 (and is 0 at the kink)."""
 
-    saved_inputs = ()  # backward reads the output y, not x
+    saved_inputs, saved_outputs = (), (0,)  # backward reads the output y, not x
 
     def forward(self, x: Array) -> Array:
         self.backend = get_backend(x)
@@ -342,6 +346,8 @@ class _Pool2dFunction(Function):
     P = N*C, in whichever order (channel-major or NCHW) x is stored, so no
     layout conversion is made; the output is returned in the same order.
     """
+
+    saved_inputs = ()  # max pooling keeps the argmax, not x
 
     def __init__(self, kernel, stride, padding):
         self.args = (*kernel, *stride, *padding)
@@ -429,6 +435,8 @@ def avg_pool2d(
 class GlobalAvgPoolFunction(Function):
     """(N, C, H, W) -> (N, C, 1, 1), the mean over each plane."""
 
+    saved_inputs = ()
+
     def forward(self, x: Array) -> Array:
         self.shape = x.shape
         return x.mean(axis=(2, 3), keepdims=True)
@@ -469,6 +477,8 @@ def adaptive_avg_pool2d(input: Tensor, output_size: int | Sequence[int]) -> Tens
 
 class LinearFunction(Function):
     """y = x @ w.T + b.  x (N, in), w (out, in), b (out,), y (N, out)."""
+
+    saved_inputs = (0, 1)
 
     def forward(self, x: Array, w: Array, b: Array | None = None) -> Array:
         self.x, self.w = x, w
@@ -513,6 +523,8 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 class CrossEntropyFunction(Function):
+    saved_inputs = ()  # backward reads the softmax it computed
+
     def __init__(self, labels: Array):
         self.labels = labels
 
