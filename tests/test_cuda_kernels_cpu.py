@@ -152,12 +152,13 @@ def test_relu_layouts_it_cannot_keep(kernels):
     geometry=window_geometry(),
     P=st.integers(1, 4),
     ties=st.booleans(),
+    nans=st.sampled_from([0.0, 0.0, 0.1, 0.3, 1.0]),
     launch=launch_sizes,
     seed=seeds,
 )
-def test_max_pool(kernels, dtype, geometry, P, ties, launch, seed):
+def test_max_pool(kernels, dtype, geometry, P, ties, nans, launch, seed):
     rng = np.random.default_rng(seed)
-    run_checks(kernels, launch, "max_pool", rng, dtype, P, *geometry, ties)
+    run_checks(kernels, launch, "max_pool", rng, dtype, P, *geometry, ties, nans)
 
 
 @dtypes
@@ -240,6 +241,31 @@ def test_relu_passes_nan_through(kernels):
     with np.errstate(invalid="ignore"):
         np.testing.assert_array_equal(y, numpy_backend.relu_forward(x))
         np.testing.assert_array_equal(gx, numpy_backend.relu_backward(gy, y))
+
+
+@dtypes
+def test_max_pool_propagates_nan(kernels, dtype):
+    """A NaN anywhere in a window gives NaN, and argmax (so the gradient)
+    points at it, the last one if there are several: as numpy_backend, as
+    PyTorch. A bare "v > best" would keep only a NaN that comes first."""
+    x = np.arange(9, dtype=dtype)[[0, 1, 2, 3, 8, 5, 6, 7, 4]].reshape(1, 3, 3)
+    cases = []
+    for k in range(9):
+        xk = x.copy()
+        xk.flat[k] = np.nan
+        cases.append((xk, k))
+    two = np.zeros((1, 3, 3), dtype)
+    two[0, 0, 1] = two[0, 2, 0] = np.nan
+    cases.append((two, 6))
+    with harness.cpu_cuda_backend(cuda_backend, kernels):
+        for xk, k in cases:
+            y, argmax = cuda_backend.max_pool_forward(xk, 3, 3, 1, 1, 0, 0)
+            gx = cuda_backend.max_pool_backward(np.ones_like(y), argmax, xk.shape, 3, 3, 1, 1, 0, 0)
+            assert np.isnan(y).all() and argmax.item() == k
+            np.testing.assert_array_equal(gx.ravel(), np.eye(9, dtype=dtype)[k])
+            y_np, argmax_np = numpy_backend.max_pool_forward(xk, 3, 3, 1, 1, 0, 0)
+            np.testing.assert_array_equal(y, y_np)
+            np.testing.assert_array_equal(argmax, argmax_np)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])

@@ -482,8 +482,9 @@ def max_pool_forward(
 ) -> tuple[Any, Any]:
     """(P, H, W) -> (y (P, OH, OW), argmax int32 (P, OH, OW)).
 
-    argmax is the offset i*kw + j of each window's first maximum; padding
-    is -inf. One thread per output pixel.
+    argmax is the offset i*kw + j of each window's first maximum; a window
+    holding a NaN gives NaN and points at its last NaN (as PyTorch);
+    padding is -inf. One thread per output pixel.
     """
     cp = _cupy()
     x = _float_array(x, "max_pool_forward: x")

@@ -179,14 +179,30 @@ class BackendChecks:
         return x_d, y, gy_d, gx
 
     def max_pool(
-        self, rng: np.random.Generator, dtype: Any, P, H, W, kh, kw, sh, sw, ph, pw, ties: bool
+        self,
+        rng: np.random.Generator,
+        dtype: Any,
+        P,
+        H,
+        W,
+        kh,
+        kw,
+        sh,
+        sw,
+        ph,
+        pw,
+        ties: bool,
+        nans: float = 0.0,
     ):
         # With ties, small integers make equal maxima common: the first one
-        # must win on both backends, so argmax must match exactly.
+        # must win on both backends, so argmax must match exactly. A fraction
+        # ``nans`` of the values is NaN: a window holding one gives NaN and
+        # points at its last NaN, on both backends.
         if ties:
             x = rng.integers(-2, 3, (P, H, W)).astype(dtype)
         else:
             x = rng.standard_normal((P, H, W)).astype(dtype)
+        x[rng.random(x.shape) < nans] = np.nan
         geometry = (kh, kw, sh, sw, ph, pw)
         y, argmax = self._compare("max_pool_forward", x, *geometry, outputs=("y", "argmax"))
         gy = rng.standard_normal(y.shape).astype(dtype)
