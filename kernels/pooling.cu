@@ -46,9 +46,13 @@ __device__ inline int pool_window(int pos, int pad, int k, int s, int out)
 
 // Max pooling, forward: the maximum of each window and where it was.
 // argmax holds the offset i*kw + j of the winner inside its window. The scan
-// starts with offset (0, 0) and replaces the best only on a *strictly*
-// larger value, so on ties the first maximum (in row-major window order)
-// wins, as in numpy_backend.max_pool_forward; padding reads as -infinity.
+// starts with offset (0, 0) and replaces the best on a *strictly* larger
+// value, so on ties the first maximum (in row-major window order) wins, or
+// on a NaN. Every comparison with a NaN is false, so "v > best" alone would
+// drop a NaN anywhere but first in its window and hide a diverged
+// activation; with "|| v != v" (true for NaN only) a window with a NaN gives
+// NaN and its gradient goes to its last NaN: PyTorch's rule, and
+// numpy_backend.max_pool_forward's. Padding reads as -infinity.
 template <typename T>
 __global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y,
                                  int* __restrict__ argmax,
@@ -72,7 +76,7 @@ __global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y,
                 const int w = ow * sw + j - pw;
                 const bool inside = h >= 0 && h < H && w >= 0 && w < W;
                 const T v = inside ? plane[h * W + w] : minus_infinity<T>();
-                if ((i == 0 && j == 0) || v > best) {
+                if ((i == 0 && j == 0) || v > best || v != v) {
                     best = v;
                     best_offset = i * kw + j;
                 }

@@ -1,5 +1,8 @@
-// ReLU forward and backward, elementwise over arrays of any shape (seen as
-// flat, C-contiguous runs of n values).
+// ReLU forward and backward, elementwise over arrays of any shape, seen as
+// flat runs of n values. Elementwise, so the layout does not matter as long
+// as all arrays share it: cuda_backend._elementwise hands over channel-major
+// activations (NCHW views of memory stored (C, N, H, W), what conv2d and
+// batch_norm return) as their own memory, and the output keeps that layout.
 //
 // Twin of relu_forward / relu_backward in minires/backends/numpy_backend.py.
 // See kernels/im2col.cu for a reading guide (kernels, grids, grid-stride

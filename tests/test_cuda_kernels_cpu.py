@@ -102,15 +102,63 @@ def test_relu(kernels, dtype, shape, launch, seed):
 
 @dtypes
 @given(
-    geometry=window_geometry(),
-    P=st.integers(1, 4),
-    ties=st.booleans(),
+    shape=st.lists(st.integers(1, 4), min_size=2, max_size=4).map(tuple),
     launch=launch_sizes,
     seed=seeds,
 )
-def test_max_pool(kernels, dtype, geometry, P, ties, launch, seed):
+def test_relu_keeps_channel_major_layout(kernels, dtype, shape, launch, seed):
+    """Channel-major activations (conv2d's and batch_norm's outputs) stay so
+    through ReLU, forward and backward, and the kernels read and write that
+    memory as it is: no copy of any input, outputs in the inputs' layout."""
     rng = np.random.default_rng(seed)
-    run_checks(kernels, launch, "max_pool", rng, dtype, P, *geometry, ties)
+    with harness.cpu_cuda_backend(cuda_backend, kernels, **launch) as fake:
+        x, y, gy, gx = BackendChecks(cuda_backend, CPU).relu_channel_major(rng, dtype, shape)
+    assert fake.copies == 0, "an input was copied (made C-contiguous)"
+    assert [name for name, _ in fake.launches] == ["relu_forward", "relu_backward"]
+    (_, forward), (_, backward) = fake.launches
+    for args, arrays in ((forward, (x, y)), (backward, (gy, y, gx))):
+        for given_to_kernel, own in zip(args, arrays):
+            assert np.shares_memory(given_to_kernel, own)
+
+
+def test_relu_layouts_it_cannot_keep(kernels):
+    """NCHW stays NCHW with no copy; a mix of layouts, or strided views, are
+    copied to C-contiguous first (the kernels read flat memory) and give
+    NumPy's values in C-contiguous outputs."""
+    rng = np.random.default_rng(4)
+    nchw = rng.standard_normal((2, 3, 4, 5))
+    channel_major = np.ascontiguousarray(nchw.swapaxes(0, 1)).swapaxes(0, 1)
+    y_np = numpy_backend.relu_forward(channel_major)
+    with harness.cpu_cuda_backend(cuda_backend, kernels) as fake:
+        y = cuda_backend.relu_forward(nchw)
+        gx = cuda_backend.relu_backward(nchw, y)
+        assert fake.copies == 0 and y.flags.c_contiguous and gx.flags.c_contiguous
+        gx_mixed = cuda_backend.relu_backward(nchw, y_np)  # gy NCHW, y channel-major
+        assert fake.copies == 1 and gx_mixed.flags.c_contiguous
+        strided = channel_major[:, :, ::2]
+        y_strided = cuda_backend.relu_forward(strided)
+        assert y_strided.flags.c_contiguous
+    np.testing.assert_array_equal(y, numpy_backend.relu_forward(nchw))
+    np.testing.assert_array_equal(gx, numpy_backend.relu_backward(nchw, y))
+    np.testing.assert_array_equal(gx_mixed, numpy_backend.relu_backward(nchw, y_np))
+    np.testing.assert_array_equal(y_strided, np.maximum(strided, 0))
+    with harness.cpu_cuda_backend(cuda_backend, kernels):
+        with pytest.raises(ValueError, match="shapes differ"):
+            cuda_backend.relu_backward(nchw, nchw[:1])
+
+
+@dtypes
+@given(
+    geometry=window_geometry(),
+    P=st.integers(1, 4),
+    ties=st.booleans(),
+    nans=st.sampled_from([0.0, 0.0, 0.1, 0.3, 1.0]),
+    launch=launch_sizes,
+    seed=seeds,
+)
+def test_max_pool(kernels, dtype, geometry, P, ties, nans, launch, seed):
+    rng = np.random.default_rng(seed)
+    run_checks(kernels, launch, "max_pool", rng, dtype, P, *geometry, ties, nans)
 
 
 @dtypes
@@ -193,6 +241,31 @@ def test_relu_passes_nan_through(kernels):
     with np.errstate(invalid="ignore"):
         np.testing.assert_array_equal(y, numpy_backend.relu_forward(x))
         np.testing.assert_array_equal(gx, numpy_backend.relu_backward(gy, y))
+
+
+@dtypes
+def test_max_pool_propagates_nan(kernels, dtype):
+    """A NaN anywhere in a window gives NaN, and argmax (so the gradient)
+    points at it, the last one if there are several: as numpy_backend, as
+    PyTorch. A bare "v > best" would keep only a NaN that comes first."""
+    x = np.arange(9, dtype=dtype)[[0, 1, 2, 3, 8, 5, 6, 7, 4]].reshape(1, 3, 3)
+    cases = []
+    for k in range(9):
+        xk = x.copy()
+        xk.flat[k] = np.nan
+        cases.append((xk, k))
+    two = np.zeros((1, 3, 3), dtype)
+    two[0, 0, 1] = two[0, 2, 0] = np.nan
+    cases.append((two, 6))
+    with harness.cpu_cuda_backend(cuda_backend, kernels):
+        for xk, k in cases:
+            y, argmax = cuda_backend.max_pool_forward(xk, 3, 3, 1, 1, 0, 0)
+            gx = cuda_backend.max_pool_backward(np.ones_like(y), argmax, xk.shape, 3, 3, 1, 1, 0, 0)
+            assert np.isnan(y).all() and argmax.item() == k
+            np.testing.assert_array_equal(gx.ravel(), np.eye(9, dtype=dtype)[k])
+            y_np, argmax_np = numpy_backend.max_pool_forward(xk, 3, 3, 1, 1, 0, 0)
+            np.testing.assert_array_equal(y, y_np)
+            np.testing.assert_array_equal(argmax, argmax_np)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])

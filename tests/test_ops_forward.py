@@ -8,6 +8,7 @@ fixed list of corners. PyTorch is a second, independent check: it is in the
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 
 import naive
@@ -230,6 +231,70 @@ def test_max_pool2d_matches_naive(case, seed):
     np.testing.assert_array_equal(y.data, expected)
 
 
+def max_pool_with_argmax(x, kh, kw, sh, sw, ph, pw):
+    """(P, H, W) planes -> (y, argmax), the rule numpy_backend.max_pool_forward
+    states, written as a definition, window by window (padding reads -inf):
+    a window holding a NaN gives NaN and points at its last NaN (PyTorch's
+    choice); any other window gives its maximum and points at the first
+    offset holding it."""
+    P, H, W = x.shape
+    OH, OW = naive.out_size(H, kh, sh, ph), naive.out_size(W, kw, sw, pw)
+    y = np.zeros((P, OH, OW), dtype=x.dtype)
+    argmax = np.zeros((P, OH, OW), dtype=np.int32)
+    for p in range(P):
+        for oh in range(OH):
+            for ow in range(OW):
+                window = []
+                for i in range(kh):
+                    for j in range(kw):
+                        r, c = oh * sh + i - ph, ow * sw + j - pw
+                        inside = 0 <= r < H and 0 <= c < W
+                        window.append(float(x[p, r, c]) if inside else -math.inf)
+                nans = [k for k, v in enumerate(window) if math.isnan(v)]
+                if nans:
+                    y[p, oh, ow], argmax[p, oh, ow] = math.nan, nans[-1]
+                else:
+                    y[p, oh, ow] = max(window)
+                    argmax[p, oh, ow] = window.index(max(window))
+    return y, argmax
+
+
+@with_corners(POOL_CORNERS)
+@given(case=pool_cases(), seed=seeds)
+def test_max_pool_forward_propagates_nan(case, seed):
+    """NaNs anywhere in a window (first, last, between ties, several, all)
+    give NaN and point argmax at the last NaN; ties still go to the first
+    maximum, and padding still never wins."""
+    rng = np.random.default_rng(seed)
+    P = case.N * case.C
+    x = rng.integers(-2, 3, (P, case.H, case.W)).astype(np.float64)  # ties are common
+    x[rng.random(x.shape) < rng.choice([0.1, 0.3, 1.0])] = np.nan
+    geometry = (*case.kernel, *case.stride, *case.padding)
+    y, argmax = numpy_backend.max_pool_forward(x, *geometry)
+    y_ref, argmax_ref = max_pool_with_argmax(x, *geometry)
+    np.testing.assert_array_equal(y, y_ref)  # NaN equals NaN here
+    np.testing.assert_array_equal(argmax, argmax_ref)
+    assert argmax.dtype == np.int32
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool2d_nan_at_every_window_position(dtype):
+    """One 3x3 window of distinct values (the largest at offset 4) with a NaN
+    at each offset in turn: y is NaN and the gradient goes to the NaN."""
+    for k in range(9):
+        x = np.arange(9.0, dtype=dtype)[[0, 1, 2, 3, 8, 5, 6, 7, 4]].reshape(1, 1, 3, 3)
+        x.flat[k] = np.nan
+        xt = mr.Tensor(x, requires_grad=True)
+        y = F.max_pool2d(xt, 3)
+        y.backward(np.ones((1, 1, 1, 1), dtype))
+        assert np.isnan(y.data).all(), k
+        np.testing.assert_array_equal(xt.grad.ravel(), np.eye(9, dtype=dtype)[k])
+    x = np.zeros((1, 1, 2, 2), dtype)
+    x[0, 0, 0, 1] = x[0, 0, 1, 0] = np.nan  # two NaNs: the last one gets the gradient
+    _, argmax = numpy_backend.max_pool_forward(x[0], 2, 2, 2, 2, 0, 0)
+    assert argmax.item() == 2
+
+
 def test_max_pool2d_padding_never_wins():
     # All-negative input: a zero-padded max would return 0 at the border.
     x = -1.0 - np.arange(16.0).reshape(1, 1, 4, 4)
@@ -429,6 +494,26 @@ def test_max_pool2d_matches_torch(case):
     xm = mr.Tensor(x, requires_grad=True)
     y = F.max_pool2d(xm, case.kernel, case.stride, case.padding)
     y.backward(gy)
+    np.testing.assert_array_equal(y.data, t.detach().numpy())
+    np.testing.assert_allclose(xm.grad, xt.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", POOL_CORNERS)
+def test_max_pool2d_nan_matches_torch(case):
+    """NaN in a window: the same NaN outputs as PyTorch, and the same gradient
+    (each NaN window sends it to the NaN PyTorch picks, its last)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    x = kink_free(rng, case.x_shape)
+    x[rng.random(x.shape) < 0.2] = np.nan
+    xt = torch.from_numpy(x).requires_grad_()
+    t = torch.nn.functional.max_pool2d(xt, case.kernel, case.stride, case.padding)
+    gy = rng.standard_normal(tuple(t.shape))
+    t.backward(torch.from_numpy(gy))
+    xm = mr.Tensor(x, requires_grad=True)
+    y = F.max_pool2d(xm, case.kernel, case.stride, case.padding)
+    y.backward(gy)
+    assert np.isnan(y.data).any()
     np.testing.assert_array_equal(y.data, t.detach().numpy())
     np.testing.assert_allclose(xm.grad, xt.grad.numpy(), rtol=1e-12, atol=1e-12)
 

@@ -432,27 +432,56 @@ def batch_norm_backward(gy: Any, xhat: Any, gamma: Any, inv_std: Any) -> tuple[A
 # --------------------------------------------------------------------------
 
 
-def relu_forward(x: Any) -> Any:
-    """y = max(x, 0), any shape."""
+def _channel_major(*arrays: Any) -> bool:
+    """Whether every array is a channel-major NCHW view: an (N, C, ...) array
+    stored (C, N, ...), as conv2d and batch_norm return their outputs, so
+    that ``a.swapaxes(0, 1)`` is C-contiguous and ``a`` itself is not."""
+    return all(
+        getattr(a, "ndim", 0) >= 2
+        and not a.flags.c_contiguous
+        and a.swapaxes(0, 1).flags.c_contiguous
+        for a in arrays
+    )
+
+
+def _elementwise(kernel: str, **inputs: Any) -> Any:
+    """Launch the elementwise kernel ``kernel(*inputs, out, n)``; return ``out``.
+
+    An elementwise kernel reads its arrays as flat memory, so it needs no
+    particular layout, only the same one for all of them. When the inputs
+    are all channel-major (what conv2d and batch_norm return), their
+    C-contiguous (C, N, ...) views are passed as they are and ``out`` is
+    allocated in that layout too, as numpy_backend does: converting to NCHW
+    here would cost a transposing copy at every ReLU, and the next conv2d
+    would copy back. Inputs that are all C-contiguous are passed as they are;
+    any other mix is copied to C-contiguous and gives a C-contiguous ``out``.
+    """
     cp = _cupy()
-    shape = getattr(x, "shape", ())  # before ascontiguousarray, which makes 0-d arrays 1-d
-    x = _float_array(x, "relu_forward: x")
-    y = cp.empty(shape, dtype=x.dtype)
-    _launch("relu_forward", x.dtype, y.size, (x, y, *_ints(y.size)))
-    return y
+    swap = _channel_major(*inputs.values())
+    shape = getattr(next(iter(inputs.values())), "shape", ())  # ascontiguousarray makes 0-d 1-d
+    arrays: list[Any] = []
+    for what, a in inputs.items():
+        dtype = arrays[0].dtype if arrays else None
+        arrays.append(_float_array(a.swapaxes(0, 1) if swap else a, f"{kernel}: {what}", dtype))
+        if a.shape != shape:
+            shapes = ", ".join(f"{k} {getattr(v, 'shape', None)}" for k, v in inputs.items())
+            raise ValueError(f"{kernel}: the shapes differ: {shapes}")
+    out = cp.empty(arrays[0].shape if swap else shape, dtype=arrays[0].dtype)
+    _launch(kernel, out.dtype, out.size, (*arrays, out, *_ints(out.size)))
+    return out.swapaxes(0, 1) if swap else out
+
+
+def relu_forward(x: Any) -> Any:
+    """y = max(x, 0), any shape; y has x's layout (NCHW or channel-major)."""
+    return _elementwise("relu_forward", x=x)
 
 
 def relu_backward(gy: Any, y: Any) -> Any:
-    """gx = gy * (y > 0), as NumPy: 0 where y <= 0, except NaN where gy is NaN or infinite."""
-    cp = _cupy()
-    shape = getattr(gy, "shape", ())
-    gy = _float_array(gy, "relu_backward: gy")
-    y = _float_array(y, "relu_backward: y", gy.dtype)
-    if y.size != gy.size:
-        raise ValueError(f"relu_backward: gy has shape {shape}, y has shape {y.shape}")
-    gx = cp.empty(shape, dtype=gy.dtype)
-    _launch("relu_backward", gy.dtype, gx.size, (gy, y, gx, *_ints(gx.size)))
-    return gx
+    """gx = gy * (y > 0), as NumPy: 0 where y <= 0, except NaN where gy is NaN or infinite.
+
+    gx has the layout that gy and y share (NCHW or channel-major).
+    """
+    return _elementwise("relu_backward", gy=gy, y=y)
 
 
 # --------------------------------------------------------------------------
@@ -465,8 +494,9 @@ def max_pool_forward(
 ) -> tuple[Any, Any]:
     """(P, H, W) -> (y (P, OH, OW), argmax int32 (P, OH, OW)).
 
-    argmax is the offset i*kw + j of each window's first maximum; padding
-    is -inf. One thread per output pixel.
+    argmax is the offset i*kw + j of each window's first maximum; a window
+    holding a NaN gives NaN and points at its last NaN (as PyTorch);
+    padding is -inf. One thread per output pixel.
     """
     cp = _cupy()
     x = _float_array(x, "max_pool_forward: x")

@@ -254,18 +254,31 @@ def _windows(x: np.ndarray, i: int, j: int, OH: int, OW: int, sh: int, sw: int) 
 def max_pool_forward(
     x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Each window's maximum, and its offset i*kw + j in the window (argmax).
+
+    The scan is PyTorch's: offset (i, j) takes over when its value is
+    strictly larger than the best so far, so on ties the first maximum wins,
+    or when it is NaN (NaN > v is always false, so ``>`` alone would drop a
+    NaN anywhere but first in its window): a window with a NaN gives NaN, so
+    a diverged activation stays visible, and its gradient goes to the
+    window's last NaN, where PyTorch sends it. Padding is -inf, which never
+    beats a real value.
+    """
     P, H, W = x.shape
     OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
     if ph or pw:
         x = np.pad(x, ((0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
     y = _windows(x, 0, 0, OH, OW, sh, sw).copy()
     argmax = np.zeros((P, OH, OW), dtype=np.int32)
+    better = np.empty((P, OH, OW), dtype=bool)
+    nan = np.empty((P, OH, OW), dtype=bool)
     for i in range(kh):
         for j in range(kw):
             if i == 0 and j == 0:
                 continue
             w = _windows(x, i, j, OH, OW, sh, sw)
-            better = w > y  # strict: the first maximum keeps the gradient
+            np.greater(w, y, out=better)  # strict: the first maximum keeps the gradient
+            better |= np.isnan(w, out=nan)
             np.copyto(y, w, where=better)
             argmax[better] = i * kw + j
     return y, argmax

@@ -147,15 +147,62 @@ class BackendChecks:
         gy = rng.standard_normal(shape).astype(dtype)
         self._compare("relu_backward", gy, y)
 
+    def relu_channel_major(
+        self, rng: np.random.Generator, dtype: Any, shape: tuple[int, ...]
+    ) -> tuple[Any, ...]:
+        """ReLU on channel-major data (an (N, C, ...) view of memory stored
+        (C, N, ...), what conv2d and batch_norm return): NumPy's values, and
+        outputs in the same layout, forward and backward.
+
+        Returns the device arrays (x, y, gy, gx), for the CPU test to check
+        which memory the kernels were given.
+        """
+        stored = (shape[1], shape[0], *shape[2:])
+        x = rng.standard_normal(stored).astype(dtype)
+        if x.size:
+            x.flat[0] = 0.0
+        gy = rng.standard_normal(stored).astype(dtype)
+        # to_device copies a C-contiguous array; the view is taken on the device.
+        x_d, gy_d = (self.dev.to_device(a).swapaxes(0, 1) for a in (x, gy))
+        x, gy = x.swapaxes(0, 1), gy.swapaxes(0, 1)
+        y_exp = nb.relu_forward(x)
+        gx_exp = nb.relu_backward(gy, y_exp)
+        y = self.cb.relu_forward(x_d)
+        gx = self.cb.relu_backward(gy_d, y)
+        np.testing.assert_array_equal(self._host(x_d), x, err_msg="relu_forward changed x")
+        np.testing.assert_array_equal(self._host(gy_d), gy, err_msg="relu_backward changed gy")
+        for name, out, expected in (("relu_forward", y, y_exp), ("relu_backward", gx, gx_exp)):
+            assert_close(self._host(out), expected, name)
+            assert out.swapaxes(0, 1).flags.c_contiguous, f"{name}: output not channel-major"
+            if shape[0] > 1 and shape[1] > 1:
+                assert not out.flags.c_contiguous, f"{name}: output converted to NCHW"
+        return x_d, y, gy_d, gx
+
     def max_pool(
-        self, rng: np.random.Generator, dtype: Any, P, H, W, kh, kw, sh, sw, ph, pw, ties: bool
+        self,
+        rng: np.random.Generator,
+        dtype: Any,
+        P,
+        H,
+        W,
+        kh,
+        kw,
+        sh,
+        sw,
+        ph,
+        pw,
+        ties: bool,
+        nans: float = 0.0,
     ):
         # With ties, small integers make equal maxima common: the first one
-        # must win on both backends, so argmax must match exactly.
+        # must win on both backends, so argmax must match exactly. A fraction
+        # ``nans`` of the values is NaN: a window holding one gives NaN and
+        # points at its last NaN, on both backends.
         if ties:
             x = rng.integers(-2, 3, (P, H, W)).astype(dtype)
         else:
             x = rng.standard_normal((P, H, W)).astype(dtype)
+        x[rng.random(x.shape) < nans] = np.nan
         geometry = (kh, kw, sh, sw, ph, pw)
         y, argmax = self._compare("max_pool_forward", x, *geometry, outputs=("y", "argmax"))
         gy = rng.standard_normal(y.shape).astype(dtype)

@@ -23,7 +23,9 @@ How it fits together:
    compared with ``numpy_backend``. Outputs come from :class:`FakeCupy`'s
    ``empty``, which fills them with NaN (an element a kernel forgets to write
    shows up) and surrounds them with guard zones that are checked after
-   every launch (a kernel writing out of bounds shows up).
+   every launch (a kernel writing out of bounds shows up). It also counts
+   the ``ascontiguousarray`` calls that copied and records every launch, so
+   a test can check that the backend handed a kernel an array's own memory.
 """
 
 from __future__ import annotations
@@ -314,9 +316,20 @@ class FakeCupy:
 
     def __init__(self) -> None:
         self._allocations: list[tuple[np.ndarray, Any]] = []
+        # What the backend did, for tests that check it made no needless
+        # copy: how many ascontiguousarray calls copied their argument, and
+        # every kernel launch as (kernel name, args).
+        self.copies = 0
+        self.launches: list[tuple[str, tuple]] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(np, name)
+
+    def ascontiguousarray(self, a: Any, dtype: Any = None) -> np.ndarray:
+        out = np.ascontiguousarray(a, dtype=dtype)
+        if not (isinstance(a, np.ndarray) and np.may_share_memory(out, a)):
+            self.copies += 1
+        return out
 
     def empty(self, shape: Any, dtype: Any = np.float64) -> np.ndarray:
         dtype = np.dtype(dtype)
@@ -351,8 +364,14 @@ def cpu_cuda_backend(
     """
     fake = FakeCupy()
 
-    def kernel(name: str, dtype: Any) -> CpuKernel:
-        return kernels.kernel(name, dtype, after=fake.check_guards)
+    def kernel(name: str, dtype: Any) -> Callable[..., None]:
+        k = kernels.kernel(name, dtype, after=fake.check_guards)
+
+        def launch(grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
+            fake.launches.append((name, args))
+            k(grid, block, args, shared_mem)
+
+        return launch
 
     replacements = {
         "_cupy": lambda: fake,
