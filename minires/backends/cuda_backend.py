@@ -11,7 +11,9 @@ The rules every launch here follows (each one is a classic way for a
 hand-written kernel to compute garbage without an error):
 
 * Arrays are made C-contiguous (``ascontiguousarray``) and their dtype is
-  checked: a kernel sees a bare pointer and trusts it.
+  checked: a kernel sees a bare pointer and trusts it. (The elementwise
+  ReLU takes a channel-major array as its flat memory instead, so that the
+  activations keep their layout from one convolution to the next.)
 * Every scalar has an explicit NumPy type matching the kernel's parameter:
   ``np.int32`` for ``int``, ``np.float32``/``np.float64`` for ``T``. CuPy
   passes a Python ``int`` as 64 bits and a Python ``float`` as a C
