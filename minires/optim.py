@@ -39,10 +39,13 @@ from __future__ import annotations
 import math
 import numbers
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
+
 from .backends.device import full_like_device
+from .grad_mode import enable_grad
 
 
 def _is_number(value: Any) -> bool:
@@ -201,19 +204,27 @@ class SGD(Optimizer):
             the defaults below for that group.
         lr: learning rate (>= 0).
         momentum: momentum factor m (>= 0; 0 means plain SGD, no buffer).
+        dampening: d in b = m * b + (1 - d) * g.
         weight_decay: L2 penalty wd (>= 0), added to the gradient as wd * p.
         nesterov: use Nesterov momentum (needs momentum > 0 and dampening 0).
-        dampening: d in b = m * b + (1 - d) * g.
+        maximize: ascend the objective instead (the gradient's sign flipped).
+
+    The signature, order and defaults are PyTorch's, so a positional call such
+    as ``SGD(params, 0.1, 0.9, 0, 5e-4)`` means the same in both (dampening 0,
+    weight decay 5e-4); ``nesterov`` must be a bool, so a number passed there
+    by mistake is an error, not a silent switch.
     """
 
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float,
+        lr: float = 1e-3,
         momentum: float = 0.0,
+        dampening: float = 0.0,
         weight_decay: float = 0.0,
         nesterov: bool = False,
-        dampening: float = 0.0,
+        *,
+        maximize: bool = False,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -221,6 +232,7 @@ class SGD(Optimizer):
             "dampening": dampening,
             "weight_decay": weight_decay,
             "nesterov": nesterov,
+            "maximize": maximize,
         }
         super().__init__(params, defaults)
 
@@ -231,14 +243,26 @@ class SGD(Optimizer):
                 raise ValueError(f"SGD: {key} must be a number >= 0, got {value!r}")
         if not _is_number(group["dampening"]):
             raise ValueError(f"SGD: dampening must be a number, got {group['dampening']!r}")
+        for key in ("nesterov", "maximize"):
+            if not isinstance(group.get(key, False), (bool, np.bool_)):
+                raise TypeError(f"SGD: {key} must be True or False, got {group[key]!r}")
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError(
                 "SGD: nesterov=True needs momentum > 0 and dampening == 0, got "
                 f"momentum={group['momentum']!r}, dampening={group['dampening']!r}"
             )
 
-    def step(self) -> None:
-        """Update every parameter that has a gradient, in place."""
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Update every parameter that has a gradient, in place.
+
+        ``closure``, as in PyTorch: a function that clears the gradients,
+        recomputes the loss, calls backward and returns the loss; it is called
+        (with the graph recorded) before the update, and its loss returned.
+        """
+        loss = None
+        if closure is not None:
+            with enable_grad():
+                loss = closure()
         for group in self.param_groups:
             # float(): a NumPy float64 here (from a schedule or a loaded
             # checkpoint) would promote a float32 update to float64.
@@ -247,10 +271,11 @@ class SGD(Optimizer):
             dampening = float(group["dampening"])
             weight_decay = float(group["weight_decay"])
             nesterov = bool(group["nesterov"])
+            maximize = bool(group.get("maximize", False))
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                g = p.grad
+                g = -p.grad if maximize else p.grad
                 if g.shape != p.data.shape or g.dtype != p.data.dtype:
                     raise ValueError(
                         f"SGD.step: a parameter of shape {p.data.shape} and dtype "
@@ -271,6 +296,7 @@ class SGD(Optimizer):
                 p.data -= lr * g  # in place: other references see the update
                 if hasattr(p, "bump_version"):  # a graph that saved p is now stale
                     p.bump_version()
+        return loss
 
 
 # --------------------------------------------------------------------------- #

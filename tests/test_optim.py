@@ -3,11 +3,13 @@ torch.optim.SGD, dtype discipline, param groups, checkpoints, LR schedules."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pytest
 
+import minires as mr
 from minires.optim import (
     SGD,
     ConstantWarmup,
@@ -499,3 +501,69 @@ def test_schedules_match_torch():
     ]
     for ours, theirs in pairs:
         np.testing.assert_allclose(lrs(ours(new_opt()), 12), torch_lrs(theirs, 12), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------
+# PyTorch's signature, and its update over several steps for every combination
+# --------------------------------------------------------------------------
+
+
+def test_sgd_positional_arguments_follow_torch_order():
+    # torch.optim.SGD(params, lr, momentum, dampening, weight_decay, nesterov):
+    # the same positional call must mean the same thing here.
+    p = Param(np.array([1.0, 2.0]))
+    opt = SGD([p], 0.1, 0.9, 0.0, 5e-4)
+    group = opt.param_groups[0]
+    assert (group["momentum"], group["dampening"], group["weight_decay"]) == (0.9, 0.0, 5e-4)
+    assert group["nesterov"] is False
+    assert SGD([Param([1.0])]).param_groups[0]["lr"] == 1e-3  # torch's default
+    with pytest.raises(TypeError, match="SGD: nesterov must be True or False, got 0.0005"):
+        SGD([p], 0.1, 0.9, 0.0, 0.0, 5e-4)  # a weight decay in nesterov's place
+
+
+# Every combination PyTorch accepts (Nesterov needs momentum > 0 and no dampening).
+SGD_COMBINATIONS = [
+    (m, d, wd, nesterov, maximize)
+    for m, d, wd, nesterov, maximize in itertools.product(
+        [0.0, 0.9], [0.0, 0.3], [0.0, 0.01], [False, True], [False, True]
+    )
+    if not nesterov or (m > 0 and d == 0)
+]
+
+
+@pytest.mark.parametrize("momentum, dampening, weight_decay, nesterov, maximize", SGD_COMBINATIONS)
+def test_sgd_matches_torch_over_several_steps(
+    momentum, dampening, weight_decay, nesterov, maximize
+):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    start = rng.standard_normal(5)
+    grads = [rng.standard_normal(5) for _ in range(4)]
+    p = Param(start.copy())
+    q = torch.tensor(start.copy(), requires_grad=True)
+    kw = dict(momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
+    ours = SGD([p], 0.1, **kw, maximize=maximize)
+    theirs = torch.optim.SGD([q], 0.1, **kw, maximize=maximize)
+    for g in grads:
+        p.grad = g.copy()
+        q.grad = torch.tensor(g.copy())
+        ours.step()
+        theirs.step()
+        np.testing.assert_allclose(p.data, q.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_sgd_step_calls_the_closure_and_returns_its_loss():
+    p = Param(np.array([3.0]))
+    calls = []
+
+    def closure():
+        calls.append(mr.is_grad_enabled())
+        p.grad = 2 * p.data  # d(p^2)/dp
+        return float((p.data**2).sum())
+
+    opt = SGD([p], lr=0.25)
+    with mr.no_grad():  # the closure still records its graph, as in PyTorch
+        loss = opt.step(closure)
+    assert loss == 9.0 and calls == [True]
+    np.testing.assert_allclose(p.data, [1.5])
+    assert opt.step() is None
