@@ -11,6 +11,7 @@ One module a job, in the order a reader meets them:
     build.py       the model, the optimiser, the learning-rate schedule
     step.py        train_step: forward, cross-entropy, backward, SGD step
     trainer.py     Trainer: the epoch loop, evaluation, saving, resuming
+    metrics.py     an epoch's running sums and its line of metrics.jsonl
     evaluate.py    test loss and accuracy of a model or of a checkpoint
     run_folder.py  the files of a run: checkpoint, metrics.jsonl, config.json
     progress.py    the progress bar (or text lines)
@@ -53,6 +54,7 @@ from .config import (
 from .datasets import Data, RepeatChannels, load_data, make_loaders, make_transforms
 from .errors import TrainingDiverged, UserError, check_device
 from .evaluate import evaluate, evaluate_checkpoint
+from .metrics import EpochSums
 from .progress import Progress
 from .run_folder import (
     CHECKPOINT_FILE,
@@ -76,6 +78,7 @@ __all__ = [
     "PLOT_FILE",
     "SCHEDULES",
     "Data",
+    "EpochSums",
     "Progress",
     "RepeatChannels",
     "RunFolder",
