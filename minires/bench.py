@@ -18,9 +18,9 @@ step are also counted exactly with tracemalloc.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -34,6 +34,10 @@ import numpy as np
 
 import minires as mr
 import minires.functional as F
+
+from .backends.device import DEVICES, device_name, synchronize, to_device
+from .options import NONNEGATIVE_FLOAT, NONNEGATIVE_INT, POSITIVE_INT
+from .train.errors import UserError, check_device
 
 MODEL_INPUT = {"resnet20": (3, 32, 32), "resnet50": (3, 224, 224), "resnet18": (3, 224, 224)}
 
@@ -57,14 +61,8 @@ def _minires_runner(model_name: str, batch: int, device: str, seed: int):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, *MODEL_INPUT[model_name])).astype(np.float32)
     y = rng.integers(0, 10 if model_name == "resnet20" else 1000, batch)
-    xt = mr.Tensor(x)
-    if device == "cuda":
-        import cupy
-
-        xt, y = xt.to("cuda"), cupy.asarray(y)
-        sync = cupy.cuda.Device().synchronize
-    else:
-        sync = lambda: None  # noqa: E731
+    xt, y = mr.Tensor(to_device(x, device)), to_device(y, device)
+    sync = functools.partial(synchronize, device)
     opt = mr.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
     def train_step() -> None:
@@ -162,7 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": model_name,
         "batch": batch,
         "device": device,
-        "machine": _machine(device),
+        "machine": device_name(device),
         "steps": args.steps,
     }
     if device == "cpu":
@@ -301,18 +299,6 @@ def _blas_note(lib: dict[str, str], pinned: str | None, cpu_flags: set[str]) -> 
     )
 
 
-def _machine(device: str) -> str:
-    if device == "cuda":
-        try:
-            import cupy
-
-            props = cupy.cuda.runtime.getDeviceProperties(0)
-            return props["name"].decode()
-        except Exception:  # pragma: no cover - only on a GPU machine
-            return "cuda (unknown device)"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-
-
 def report(result: dict[str, Any]) -> str:
     lines = [
         f"minires bench: {result['model']}, batch {result['batch']}, {result['device']} "
@@ -334,25 +320,10 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _number(kind: type, minimum: float) -> Any:
-    """An argparse type: a ``kind`` number >= ``minimum``, or a usage error."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
-        return value
-
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    positive, count, seconds = _number(int, 1), _number(int, 0), _number(float, 0.0)
+    positive, count, seconds = POSITIVE_INT, NONNEGATIVE_INT, NONNEGATIVE_FLOAT
     parser.add_argument("--model", default="resnet20", choices=sorted(MODEL_INPUT))
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default="cpu", choices=DEVICES)
     parser.add_argument("--batch-size", type=positive, default=128)
     parser.add_argument("--steps", type=positive, default=10, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=count, default=2)
@@ -377,13 +348,7 @@ def main(args: argparse.Namespace | None = None) -> int:
     if getattr(args, "memory_child", None):
         _memory_child(args.memory_child, args.model, args.batch_size, args.seed)
         return 0
-    if args.device == "cuda":
-        from .backends import cuda_backend
-
-        if not cuda_backend.gpu_available():
-            reason = cuda_backend.gpu_unavailable_reason()
-            print(f"minires bench: no usable GPU: {reason}", file=sys.stderr)
-            return 2
+    check_device(args.device)
     result = run(args)
     if not args.json:
         print(report(result))
@@ -392,4 +357,8 @@ def main(args: argparse.Namespace | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except UserError as e:  # e.g. --device cuda without a usable GPU
+        print(f"minires bench: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from .backends.device import is_cupy_array, to_numpy
+
 FORMAT = "minires-checkpoint"
 VERSION = 1
 _META = "__meta__"
@@ -73,10 +75,6 @@ class CheckpointError(Exception):
     """A checkpoint file is missing, unreadable, corrupt or not a minires checkpoint."""
 
 
-def _is_cupy(x: object) -> bool:
-    return type(x).__module__.startswith("cupy")
-
-
 # --------------------------------------------------------------------------- #
 # Tree <-> (JSON document, flat dict of arrays)
 # --------------------------------------------------------------------------- #
@@ -84,8 +82,8 @@ def _is_cupy(x: object) -> bool:
 
 def _flatten(value: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
     """Return the JSON-able form of `value`; move its arrays into `arrays`."""
-    if _is_cupy(value):
-        value = value.get()  # a GPU array: copy to the host first
+    if is_cupy_array(value):
+        value = to_numpy(value)  # a GPU array: copy to the host first
     if isinstance(value, np.ndarray):
         if value.dtype.hasobject:
             raise TypeError(f"save_checkpoint: {path!r} is an object array, which needs pickle")

@@ -27,14 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .backends.device import DEVICES
 from .checkpoint import CheckpointError
 from .data import DataError
 from .train import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     DATASETS,
-    DEVICES,
     METRICS_FILE,
+    NUMBER_OPTIONS,
     PLOT_FILE,
     SCHEDULES,
     TrainConfig,
@@ -53,32 +54,6 @@ CONFIG_KEYS = [f for f in TrainConfig.__dataclass_fields__]
 
 
 # --------------------------------------------------------------------------- #
-# Argument types: reject bad values with argparse's own error message
-# --------------------------------------------------------------------------- #
-
-
-def _number(kind: type, what: str, ok: Any) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-        return value
-
-    parse.__name__ = what  # argparse names the type in some messages
-    return parse
-
-
-positive_int = _number(int, "a positive integer", lambda v: v >= 1)
-nonnegative_int = _number(int, "an integer >= 0", lambda v: v >= 0)
-positive_float = _number(float, "a positive number", lambda v: 0 < v < float("inf"))
-nonnegative_float = _number(float, "a number >= 0", lambda v: 0 <= v < float("inf"))
-momentum_float = _number(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
-
-
-# --------------------------------------------------------------------------- #
 # The parser
 # --------------------------------------------------------------------------- #
 
@@ -90,8 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"minires {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train(sub)
+    _add_eval(sub)
+    _add_models_gradcheck_bench(sub)
+    return parser
 
-    # -- train ---------------------------------------------------------------
+
+def _add_train(sub: Any) -> None:
+    """The `minires train` command and its options."""
     t = sub.add_parser(
         "train",
         help="train a model (no options: ResNet-20 on the embedded digits, ~15 s)",
@@ -103,14 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", metavar="NAME", help="a name from `minires models` (resnet20)")
     t.add_argument("--data", choices=DATASETS, help="data set (digits)")
     t.add_argument("--data-dir", metavar="DIR", help="folder holding cifar-10-batches-py (data)")
-    t.add_argument("--epochs", type=positive_int)
-    t.add_argument("--batch-size", type=positive_int)
-    t.add_argument("--lr", type=positive_float, help="initial learning rate (0.1)")
-    t.add_argument("--momentum", type=momentum_float, help="SGD momentum (0.9)")
-    t.add_argument("--weight-decay", type=nonnegative_float, help="L2 weight decay")
+    # Numeric options are parsed with TrainConfig's own rules (NUMBER_OPTIONS):
+    # a bad value gets argparse's usage error, and is judged in one place.
+    t.add_argument("--epochs", type=NUMBER_OPTIONS["epochs"])
+    t.add_argument("--batch-size", type=NUMBER_OPTIONS["batch_size"])
+    t.add_argument("--lr", type=NUMBER_OPTIONS["lr"], help="initial learning rate (0.1)")
+    t.add_argument("--momentum", type=NUMBER_OPTIONS["momentum"], help="SGD momentum (0.9)")
+    t.add_argument("--weight-decay", type=NUMBER_OPTIONS["weight_decay"], help="L2 weight decay")
     t.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (cosine)")
     t.add_argument(
-        "--warmup-epochs", type=nonnegative_int, help="linear warm-up from lr/10, in epochs (0)"
+        "--warmup-epochs",
+        type=NUMBER_OPTIONS["warmup_epochs"],
+        help="linear warm-up from lr/10, in epochs (0)",
     )
     t.add_argument(
         "--no-augment",
@@ -119,9 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         const=False,
         help="no random crops or flips",
     )
-    t.add_argument("--num-train", type=positive_int, metavar="N", help="use N training images")
-    t.add_argument("--num-test", type=positive_int, metavar="N", help="use N test images")
-    t.add_argument("--seed", type=nonnegative_int, help="random seed (0)")
+    t.add_argument(
+        "--num-train", type=NUMBER_OPTIONS["num_train"], metavar="N", help="use N training images"
+    )
+    t.add_argument(
+        "--num-test", type=NUMBER_OPTIONS["num_test"], metavar="N", help="use N test images"
+    )
+    t.add_argument("--seed", type=NUMBER_OPTIONS["seed"], help="random seed (0)")
     t.add_argument("--device", choices=DEVICES, help="cpu (default) or cuda")
     t.add_argument("--out", metavar="DIR", help="run folder (default runs/DATA-MODEL[-k])")
     t.add_argument(
@@ -135,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.set_defaults(func=cmd_train)
 
-    # -- eval ----------------------------------------------------------------
+
+def _add_eval(sub: Any) -> None:
+    """The `minires eval` command."""
     e = sub.add_parser(
         "eval",
         help="test loss and accuracy of a checkpoint",
@@ -147,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--data", choices=DATASETS, help="data set (default: the training one)")
     e.add_argument("--data-dir", metavar="DIR")
-    e.add_argument("--num-test", type=positive_int, metavar="N")
-    e.add_argument("--batch-size", type=positive_int, default=256)
+    e.add_argument("--num-test", type=NUMBER_OPTIONS["num_test"], metavar="N")
+    e.add_argument("--batch-size", type=NUMBER_OPTIONS["batch_size"], default=256)
     e.add_argument("--device", choices=DEVICES, default="cpu")
     e.add_argument(
         "--model", metavar="NAME", help="load the weights into this model instead (e.g. plain20)"
@@ -156,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the result as one JSON line")
     e.set_defaults(func=cmd_eval)
 
-    # -- models --------------------------------------------------------------
+
+def _add_models_gradcheck_bench(sub: Any) -> None:
+    """The `minires models`, `gradcheck` and `bench` commands."""
     m = sub.add_parser("models", help="list the model names and their parameter counts")
     m.add_argument("names", nargs="*", metavar="NAME", help="only these models")
     m.set_defaults(func=cmd_models)
@@ -169,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         "in float64, and print a table. Exit status 1 if any check fails.",
     )
     g.add_argument("--device", choices=DEVICES, default="cpu")
-    g.add_argument("--seed", type=nonnegative_int, default=0)
+    g.add_argument("--seed", type=NUMBER_OPTIONS["seed"], default=0)
     g.set_defaults(func=cmd_gradcheck)
 
     # -- bench ---------------------------------------------------------------
@@ -182,7 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="See `minires bench --help`.",
     )
     b.set_defaults(func=cmd_bench)  # main() hands it the arguments it does not know
-    return parser
 
 
 # --------------------------------------------------------------------------- #
@@ -267,7 +259,7 @@ def _draw_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
     if not plots.matplotlib_available():
         print(
             f"note: matplotlib is not installed, so no {path.name} "
-            "(pip install 'minires[train]'); the numbers are in metrics.jsonl",
+            "(pip install matplotlib); the numbers are in metrics.jsonl",
             file=sys.stderr,
         )
         return
@@ -337,9 +329,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UserError(f"minires bench is not available in this install: {e}") from None
     parser = argparse.ArgumentParser(prog="minires bench", description=bench.__doc__)
     bench.add_arguments(parser)
-    bench_args = parser.parse_args(args.bench_args)
-    check_device(bench_args.device)
-    return int(bench.main(bench_args) or 0)
+    return int(bench.main(parser.parse_args(args.bench_args)) or 0)
 
 
 # --------------------------------------------------------------------------- #

@@ -3,7 +3,8 @@
 Drawn with matplotlib's object API (a ``Figure`` on an Agg canvas) rather than
 ``pyplot``: no global figure state and no GUI backend, so it works the same
 on a headless server, in a test, and inside a program that uses another
-backend of its own. matplotlib is optional (``pip install minires[train]``).
+backend of its own. matplotlib is imported here only, when a plot is drawn, so
+``import minires`` does not need it (``minires train`` notes its absence).
 """
 
 from __future__ import annotations

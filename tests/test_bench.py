@@ -15,10 +15,11 @@ from minires.backends import cuda_backend
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--steps", "0"], "--steps: must be >= 1"),
-        (["--batch-size", "-3"], "--batch-size: must be >= 1"),
-        (["--pause", "-1"], "--pause: must be >= 0.0"),
-        (["--warmup", "two"], "--warmup: expected a int"),
+        # The wording of minires/options.py, shared with `minires train`.
+        (["--steps", "0"], "--steps: must be a positive integer, got '0'"),
+        (["--batch-size", "-3"], "--batch-size: must be a positive integer, got '-3'"),
+        (["--pause", "-1"], "--pause: must be a number >= 0, got '-1'"),
+        (["--warmup", "two"], "--warmup: must be an integer >= 0, got 'two'"),
     ],
 )
 def test_bad_arguments_are_usage_errors(args, message, capsys) -> None:

@@ -23,8 +23,15 @@ import pytest
 import minires
 import minires.plots
 from minires.checkpoint import load_checkpoint
-from minires.cli import default_out_dir, main
-from minires.train import Progress, TrainConfig, Trainer, TrainingDiverged
+from minires.cli import build_parser, default_out_dir, main
+from minires.train import (
+    NUMBER_OPTIONS,
+    Progress,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    UserError,
+)
 
 REPO = Path(minires.__file__).resolve().parents[1]
 TINY = ["--num-train", "96", "--num-test", "40", "--batch-size", "32", "--progress", "none"]
@@ -272,6 +279,21 @@ def test_bad_option_values(capsys, tmp_path, flags, message):
     err = _error(capsys, ["train", "--out", str(tmp_path / "r"), *flags])
     assert message in err
     assert not (tmp_path / "r").exists()
+
+
+def test_numbers_are_judged_by_the_configs_own_rules():
+    """One rule a setting: the command line parses with TrainConfig's NUMBER_OPTIONS."""
+    (commands,) = [a for a in build_parser()._actions if a.dest == "command"]
+    train_types = {a.dest: a.type for a in commands.choices["train"]._actions}
+    for name, option in NUMBER_OPTIONS.items():
+        assert train_types[name] is option, name
+    with pytest.raises(UserError, match=r"^--epochs must be a positive integer, got 0$"):
+        TrainConfig(epochs=0).validate()
+    with pytest.raises(UserError, match=r"^--lr must be a positive number, got nan$"):
+        TrainConfig(lr=math.nan).validate()
+    with pytest.raises(UserError, match=r"^--seed must be an integer >= 0, got True$"):
+        TrainConfig(seed=True).validate()
+    TrainConfig(num_train=None, num_test=5).validate()  # None: all the images
 
 
 def test_unknown_data_set_lists_the_valid_ones(capsys, tmp_path):

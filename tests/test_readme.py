@@ -21,3 +21,15 @@ def test_readme_names_the_ci_commands() -> None:
     ci = (README.parent / ".ci" / "run").read_text()
     assert 'pip install ".[test]"' in text and 'pip install --quiet ".[test]"' in ci
     assert "python -m pytest" in text and "python -m pytest" in ci
+
+
+def test_the_first_install_command_installs_what_minires_train_uses() -> None:
+    """`pip install .` gives the progress bar and the curves.png of the sample output."""
+    text = README.read_text()
+    first_command = re.search(r"```bash\n(.*?)\n", text).group(1)
+    assert first_command.split("#")[0].strip() == "pip install ."
+    pyproject = (README.parent / "pyproject.toml").read_text()
+    dependencies = re.search(r"^dependencies = \[(.*?)\]", pyproject, re.M | re.S).group(1)
+    for package in ("numpy", "tqdm", "matplotlib", "threadpoolctl"):
+        assert f'"{package}>=' in dependencies
+    assert "curves.png       loss and accuracy curves" in text

@@ -100,3 +100,30 @@ def add_at(target: Array, index: object, values: Array) -> None:
         cupyx.scatter_add(target, index, values)
     else:
         np.add.at(target, index, values)
+
+
+def synchronize(device: str) -> None:
+    """Wait until the work queued on ``device`` has finished (timing needs it).
+
+    CUDA kernels run asynchronously: without this, a timer stopped after a
+    launch measures the launch, not the kernel. The CPU has nothing to wait for.
+    """
+    if check_device("synchronize", device) == "cuda":
+        import cupy
+
+        cupy.cuda.Device().synchronize()
+
+
+def device_name(device: str) -> str:
+    """What ``device`` is, for a report: the GPU's name, or the CPU and its cores."""
+    if check_device("device_name", device) == "cpu":
+        import os
+        import platform
+
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    except Exception:  # no usable GPU, or a driver that cannot be asked
+        return "cuda (unknown device)"

@@ -97,6 +97,7 @@ def count_parameters(model: Module, trainable_only: bool = False) -> int:
     return int(sum(p.size for p in model.parameters() if p.requires_grad or not trainable_only))
 
 
+# The model constructors come from _MODELS; these are the rest of the public names.
 __all__ = [
     "BasicBlock",
     "Bottleneck",
@@ -109,21 +110,6 @@ __all__ = [
     "count_parameters",
     "get_model",
     "list_models",
-    "plain20",
-    "plain32",
-    "plain44",
-    "plain56",
-    "plain110",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "resnet20",
-    "resnet32",
-    "resnet44",
-    "resnet56",
-    "resnet110",
-    "resnet1202",
     "shortcut_a",
+    *_MODELS,
 ]
