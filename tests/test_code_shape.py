@@ -21,7 +21,6 @@ MAX_MODULE_LINES = 300
 MAX_FUNCTION_LINES = 60
 
 
-
 def _modules(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.py"))
 
