@@ -18,10 +18,12 @@
 # onto the pixels it was copied from. The price is memory: the column matrix
 # is $k_h k_w$ times the size of the input for a stride-1 convolution.
 #
-# Everything below calls minires's own `F.conv2d` and its NumPy backend
-# (`minires.backends.numpy_backend`), and asserts what it shows.
+# Everything below calls minires's own `F.conv2d` and its reference backend,
+# `minires.backends.numpy_backend` (plain NumPy: im2col and one GEMM), prints
+# the functions that do the work, and asserts what it shows.
 
 # %%
+import inspect
 import os
 
 import matplotlib.pyplot as plt
@@ -29,6 +31,7 @@ import numpy as np
 
 import minires as mr
 import minires.functional as F
+from minires.backends import cpu_backend, get_backend
 from minires.backends import numpy_backend as B
 
 QUICK = os.environ.get("MINIRES_QUICK") == "1"
@@ -156,6 +159,25 @@ print("max |conv2d - loops| =", np.abs(y_lib.data - y_loops).max())
 assert np.allclose(y_gemm, y_loops, atol=1e-12) and np.allclose(y_lib.data, y_loops, atol=1e-12)
 
 # %% [markdown]
+# In minires those three lines are `numpy_backend.conv2d_forward`. `F.conv2d`
+# checks its arguments and calls a `Conv2dFunction` (`minires/functional.py`);
+# `Function.__call__` (`minires/autograd.py`) hands it the raw arrays;
+# `Conv2dFunction.forward` asks `get_backend(x)` (`minires/backends/`) which
+# backend handles arrays like `x`, and calls that backend's `conv2d_forward`.
+# For NumPy arrays the default is the fast CPU backend (`cpu_backend`, end of
+# this notebook); `F.set_conv_algorithm("im2col")` selects the reference, the
+# function below. Its `_columns` is `im2col`, except for a 1×1, stride-1,
+# unpadded convolution, whose input already is the column matrix.
+
+# %%
+previous = F.set_conv_algorithm("im2col")
+assert get_backend(x) is B
+F.set_conv_algorithm(previous)
+assert get_backend(x) is cpu_backend  # the default: "auto"
+print(inspect.getsource(B.conv2d_forward))
+print(inspect.getsource(B._columns))
+
+# %% [markdown]
 # Notice the layout of the GEMM's result: (F, N, OH, OW), *channel-major*.
 # minires does not transpose it back; `F.conv2d` returns the NCHW **view** of
 # that memory (see the docstring of `minires/functional.py` and
@@ -216,6 +238,15 @@ gx = B.col2im(w.reshape(Fo, -1).T @ G2, (C, N, H, W_), K, K, S, S, P, P).transpo
 for name, mine, lib in [("dW", gw, wt.grad), ("db", gb, bt.grad), ("dx", gx, xt.grad)]:
     print(f"{name}: max |formula - autograd| = {np.abs(mine - lib).max():.1e}")
     assert np.allclose(mine, lib, atol=1e-12)
+
+# %% [markdown]
+# `loss.backward()` reaches the same formulas through `run_backward`
+# (`minires/backward.py`), `Conv2dFunction.backward`, and the backend's
+# `conv2d_backward`, which receives what `conv2d_forward` saved and computes
+# only the gradients that `needs_grad` asks for. In the reference:
+
+# %%
+print(inspect.getsource(B.conv2d_backward))
 
 # %% [markdown]
 # And the whole op against central differences, on awkward shapes: odd
@@ -286,10 +317,17 @@ for name, C_, H_, K_, S_, P_, N_ in layers:
 # %% [markdown]
 # A 1×1 convolution with stride 1 needs no im2col at all (col *is* the input,
 # and minires skips the copy); the 7×7 stem pays $49/4 \approx 12$×. Two
-# things keep this bearable: `Conv2d` does **not** keep col for backward (it
-# keeps only the input, and rebuilds col when the weight gradient needs it),
-# and col lives only while one layer runs. Libraries that need to bound it
-# further split the batch into chunks (mmdetection's `im2col_step`).
+# things keep this bearable: `conv2d_forward` does **not** keep col for
+# backward (it saves the channel-major input and the weights, and rebuilds
+# col when the weight gradient needs it), and col lives only while one layer
+# runs. Libraries that need to bound it further split the batch into chunks
+# (mmdetection's `im2col_step`).
+
+# %%
+y_ref, saved = B.conv2d_forward(x, w, b, (S, S), (P, P))
+print("conv2d_forward saves:", [getattr(s, "shape", s) for s in saved], "; col:", col.shape)
+saved_values = sum(s.size for s in saved if isinstance(s, np.ndarray))
+assert saved_values < col.size  # the input and the weights, not col
 #
 # The memory-light alternative is to never build col. A window *view* of the
 # padded input (`numpy.lib.stride_tricks.sliding_window_view`, CS231n's and
@@ -304,14 +342,16 @@ y_view = np.einsum("ncyxij,fcij->nfyx", view, w) + b[None, :, None, None]
 assert np.shares_memory(view, xpad) and np.allclose(y_view, y_loops, atol=1e-12)
 
 # %% [markdown]
-# minires's fast path for stride-1 convolutions on the CPU takes the idea
-# further (`minires/shifted_conv.py`, docs/architecture.md): with the input
-# laid out flat with shared zero gaps, every kernel offset is a constant
-# *shift* of the flat index, so the column matrix can be built and multiplied
-# a cache-sized chunk at a time and is never held whole. It is the default
-# for stride-1 convolutions with kernels larger than 1×1 on the CPU
-# (`F.set_conv_algorithm("auto")`); the textbook im2col is always available,
-# and the two agree:
+# minires's fast CPU backend (`minires/backends/cpu_backend.py`) takes the
+# idea further for stride-1 convolutions (`minires/backends/shifted_conv.py`,
+# docs/architecture.md §4): with the input laid out flat with shared zero
+# gaps, every kernel offset is a constant *shift* of the flat index, so the
+# column matrix can be built and multiplied a cache-sized chunk at a time and
+# is never held whole. It is the default on the CPU for stride-1 convolutions
+# with kernels larger than 1×1 (`F.set_conv_algorithm("auto")`; other
+# convolutions fall back to the reference's im2col there); the textbook
+# im2col is always available as `F.set_conv_algorithm("im2col")`, and the two
+# agree:
 
 # %%
 xs = mr.tensor(rng.standard_normal((2, 8, 9, 9)), requires_grad=True)

@@ -14,7 +14,8 @@
 # **Claim.** minires's GPU path is the NumPy path translated, function for
 # function: every function of `minires/backends/numpy_backend.py` has a twin
 # of the same name in `cuda_backend.py`, which launches a kernel written in
-# plain CUDA C in `kernels/*.cu`. Reading them side by side shows the one
+# plain CUDA C in `kernels/*.cu` (the convolution is the reference's own code
+# around the CUDA im2col and col2im). Reading them side by side shows the one
 # idea that changes on a GPU: NumPy loops over a few *kernel offsets* and
 # lets each slice operation run over all pixels, while a CUDA kernel gives
 # each *output element* its own thread. For col2im that turns a scatter-add
@@ -35,6 +36,7 @@ import numpy as np
 
 import minires as mr
 import minires.functional as F
+from minires.backends import cpu_backend
 from minires.backends import cuda_backend as CB
 from minires.backends import numpy_backend as B
 
@@ -62,26 +64,48 @@ for stem, names in CB.KERNELS.items():
     print(f"  {stem + '.cu':18s} {len(source.splitlines()):4d} lines  kernels: {', '.join(found)}")
     assert set(found) == set(names)
 
-# the contract: every public NumPy backend function has a CUDA twin
+# the contract: every public function of the reference backend has a CUDA
+# twin, and the fast CPU backend (the default for NumPy arrays) has it too
 numpy_ops = {
     n
     for n, f in inspect.getmembers(B, inspect.isfunction)
     if f.__module__ == B.__name__ and not n.startswith("_")
 }
-missing = {n for n in numpy_ops if not hasattr(CB, n)}
-print("numpy_backend functions without a CUDA twin:", missing or "none")
-assert not missing
+print("numpy_backend:", ", ".join(sorted(numpy_ops)))
+for backend in (CB, cpu_backend):
+    missing = {n for n in numpy_ops if not hasattr(backend, n)}
+    print(f"  without a twin in {backend.__name__.split('.')[-1]}:", missing or "none")
+    assert not missing
 
 
 # %% [markdown]
-# ## 7.2 im2col: slices vs threads
+# ## 7.2 The convolution: the reference's code, with CUDA's im2col
+#
+# `F.conv2d` calls `Conv2dFunction` (`minires/functional.py`), whose forward
+# asks `get_backend(x)` (`minires/backends/__init__.py`) for the backend of
+# its input and calls that backend's `conv2d_forward`. For a CuPy array that
+# is `cuda_backend.conv2d_forward`, and it is not a new algorithm: it runs the
+# reference, `numpy_backend.conv2d_forward` (notebook 2), handing it the
+# CUDA `im2col` below. The GEMM inside is then `@` on CuPy arrays, i.e.
+# cuBLAS; the backward likewise gets the CUDA `col2im`.
+
+# %%
+print(inspect.getsource(CB.conv2d_forward))
+print(inspect.getsource(CB.conv2d_backward))
+assert "numpy_backend.conv2d_forward" in inspect.getsource(CB.conv2d_forward)
+assert "im2col" in inspect.signature(B.conv2d_forward).parameters
+
+
+# %% [markdown]
+# ## 7.3 im2col: slices vs threads
 #
 # The NumPy version (notebook 2) builds the column matrix with $k_h k_w$
 # strided slice copies: the loop is over kernel offsets $(i, j)$, and each
-# slice copies that offset for every image and output pixel of a block of
-# channels at once. `parallel.for_rows` hands the blocks of channels to CPU
-# threads (NumPy releases the GIL while it copies), one block per thread: the
-# CPU's coarse version of a CUDA grid of blocks.
+# slice copies that offset for every channel, image and output pixel at once,
+# in NumPy's C loops, on one thread. (The fast CPU backend's threads share
+# out *blocks of channels* of BatchNorm and ReLU, `parallel.for_rows` in
+# `minires/backends/parallel.py`: the CPU's coarse version of a CUDA grid of
+# blocks.)
 
 
 # %%
@@ -112,7 +136,7 @@ print(inspect.getsource(B.im2col))
 print(kernel_source("im2col", "im2col"))
 
 # %% [markdown]
-# ## 7.3 col2im: scatter in NumPy, gather in CUDA
+# ## 7.4 col2im: scatter in NumPy, gather in CUDA
 #
 # NumPy adds each offset's slice of `col` back onto the image: $k_h k_w$
 # strided `+=` operations, each of which touches every pixel at most once,
@@ -165,7 +189,7 @@ print(f"gathered sum {total:.12f}  numpy col2im {x_numpy[c, n, h, w]:.12f}")
 assert np.isclose(total, x_numpy[c, n, h, w], rtol=1e-14)
 
 # %% [markdown]
-# ## 7.4 Calling a kernel from Python without computing garbage
+# ## 7.5 Calling a kernel from Python without computing garbage
 #
 # A kernel sees bare pointers and C scalars; nothing checks that what Python
 # passes matches. `cuda_backend` therefore follows a few rules at every
@@ -177,10 +201,11 @@ print(doc[doc.index("The rules") : doc.index("Kernels are compiled")].strip())
 print("\nfor example, sizes go in as", [type(v).__name__ for v in CB._ints(3, 32)])
 
 # %% [markdown]
-# ## 7.5 On a GPU: the same numbers, and the time they take
+# ## 7.6 On a GPU: the same numbers, and the time they take
 #
 # A Tensor moves with `.to("cuda")` (a model with `model.to("cuda")`); every
-# op then dispatches to `cuda_backend` because its input is a CuPy array.
+# op then goes to `cuda_backend`, because `get_backend` (the one place where
+# a path is chosen) sees a CuPy array.
 # Without a working GPU that call raises an error that says what is missing:
 
 # %%
@@ -278,8 +303,10 @@ else:
 # %% [markdown]
 # ## Summary
 #
-# * One contract (`minires/backends/__init__.py`), two backends with the same
-#   function names; the ops above them are written once.
+# * One contract (`minires/backends/__init__.py`) and three backends with the
+#   same function names: the NumPy reference, the fast CPU backend and CUDA;
+#   the ops above them are written once. The CUDA convolution is the
+#   reference's `conv2d_forward/backward` with CUDA's im2col and col2im.
 # * NumPy loops over kernel offsets and lets slicing cover the pixels; CUDA
 #   gives each output element a thread and a grid-stride loop.
 # * col2im is a gather on the GPU: deterministic, no atomics.
