@@ -565,3 +565,75 @@ def test_an_int_tensor_does_not_promote_a_float32_graph(rng):
     y.backward()
     assert x.grad.dtype == np.float32
     np.testing.assert_array_equal(x.grad, mask.data.astype(np.float32))
+
+
+# --------------------------------------------------------------------------
+# (e) ToDevice inside a recorded graph, with a fake GPU
+# --------------------------------------------------------------------------
+
+
+class FakeGPUArray(np.ndarray):
+    """A NumPy array that the patched device helpers call "cuda". NumPy's
+    ufuncs keep the subclass, so arithmetic on it stays on the fake device."""
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """Patch the device helpers as minires.autograd imported them. Returns the
+    list of (from, to) moves made by to_device, in order."""
+    import minires.autograd as autograd
+
+    moves: list[tuple[str, str]] = []
+
+    def device_of(x):
+        x = x.data if isinstance(x, mr.Tensor) else x
+        return "cuda" if isinstance(x, FakeGPUArray) else "cpu"
+
+    def to_device(x, device):
+        moves.append((device_of(x), device))
+        copy = np.array(x)  # a plain ndarray copy: "copied to the host"
+        return copy.view(FakeGPUArray) if device == "cuda" else copy
+
+    monkeypatch.setattr(autograd, "device_of", device_of)
+    monkeypatch.setattr(autograd, "to_device", to_device)
+    return moves
+
+
+def on_fake_gpu(a) -> np.ndarray:
+    return np.array(a).view(FakeGPUArray)
+
+
+def test_to_cuda_in_a_graph_brings_the_gradient_back_to_the_cpu(fake_gpu, rng):
+    x = mr.tensor(rng.standard_normal((2, 3)), requires_grad=True)
+    w = mr.tensor(on_fake_gpu(rng.standard_normal((2, 3))))
+    assert (x.device, w.device) == ("cpu", "cuda")
+    xc = x.to("cuda")
+    assert xc.device == "cuda" and type(xc.creator).__name__ == "ToDevice"
+    loss = (xc * w).sum()
+    assert fake_gpu == [("cpu", "cuda")]
+    loss.backward()
+    # The gradient reached ToDevice on the GPU and went back to the host ...
+    assert fake_gpu == [("cpu", "cuda"), ("cuda", "cpu")]
+    assert type(x.grad) is np.ndarray
+    # ... with the right values: d(sum(x * w))/dx = w.
+    np.testing.assert_array_equal(x.grad, np.asarray(w.data))
+
+
+def test_to_cpu_in_a_graph_sends_the_gradient_back_to_the_gpu(fake_gpu, rng):
+    xg = mr.Tensor(on_fake_gpu(rng.standard_normal((2, 3))), requires_grad=True)
+    c = rng.standard_normal((2, 3))
+    y = xg.cpu()
+    assert y.device == "cpu" and type(y.data) is np.ndarray
+    (y * c).sum().backward()
+    assert fake_gpu == [("cuda", "cpu"), ("cpu", "cuda")]
+    assert isinstance(xg.grad, FakeGPUArray) and xg.grad.shape == (2, 3)
+    np.testing.assert_array_equal(np.asarray(xg.grad), c)
+
+
+def test_to_the_same_device_records_nothing(fake_gpu, rng):
+    x = mr.tensor(rng.standard_normal(3), requires_grad=True)
+    assert x.to("cpu") is x
+    xc = x.cuda()
+    assert xc.cuda() is xc and fake_gpu == [("cpu", "cuda")]
+    with mr.no_grad():
+        assert x.to("cuda").creator is None
