@@ -637,3 +637,201 @@ def test_to_the_same_device_records_nothing(fake_gpu, rng):
     assert xc.cuda() is xc and fake_gpu == [("cpu", "cuda")]
     with mr.no_grad():
         assert x.to("cuda").creator is None
+
+
+# --------------------------------------------------------------------------
+# (f) Batch size 0: every op, layer and model, forward and backward, as PyTorch
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["reference", "fast"])
+def cpu_backend(request):
+    previous = mr.backends.set_cpu_backend(request.param)
+    yield request.param
+    mr.backends.set_cpu_backend(previous)
+
+
+@pytest.fixture
+def no_numpy_warnings():
+    """An empty batch is no reason for a 'Mean of empty slice' or a
+    divide-by-zero warning (PyTorch gives none)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        yield
+
+
+def _empty_case(rng, x_shape, param_shapes):
+    """An empty input (requires grad) and parameters, float32."""
+    x = np.zeros(x_shape, np.float32)
+    params = [rng.standard_normal(s).astype(np.float32) for s in param_shapes]
+    return x, params
+
+
+def _run_both(op_mr, op_torch, x, params, loss="sum"):
+    """Forward and backward in minires and in PyTorch; returns both results as
+    (output, gradients) with the outputs and gradients as NumPy arrays."""
+    torch = pytest.importorskip("torch")
+    xs = [mr.tensor(x, requires_grad=True)] + [mr.tensor(p, requires_grad=True) for p in params]
+    ts = [torch.tensor(x, requires_grad=True)] + [
+        torch.tensor(p, requires_grad=True) for p in params
+    ]
+    y = op_mr(*xs)
+    ty = op_torch(*ts)
+    (y.sum() if loss == "sum" else y).backward()
+    (ty.sum() if loss == "sum" else ty).backward()
+    return (y.data, [t.grad for t in xs]), (ty.detach().numpy(), [t.grad.numpy() for t in ts])
+
+
+def _assert_same(got, want):
+    (y, grads), (ty, tgrads) = got, want
+    assert y.shape == ty.shape and y.dtype == ty.dtype
+    np.testing.assert_array_equal(y, ty)  # empty, or a NaN/0 loss
+    for g, tg in zip(grads, tgrads):
+        assert g is not None and g.shape == tg.shape and g.dtype == tg.dtype
+        np.testing.assert_array_equal(g, tg)  # zeros for every parameter
+
+
+CONV_CASES = [  # (kernel, stride, padding): shifted GEMMs, strided im2col, 1x1 GEMMs
+    (3, 1, 1),
+    (3, 1, 0),
+    (3, 2, 1),
+    (1, 1, 0),
+    (1, 2, 0),
+    (7, 2, 3),
+]
+
+
+@pytest.mark.parametrize("kernel, stride, padding", CONV_CASES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_on_an_empty_batch(
+    rng, cpu_backend, no_numpy_warnings, kernel, stride, padding, bias
+):
+    tf = pytest.importorskip("torch.nn.functional")
+    shapes = [(4, 3, kernel, kernel)] + ([(4,)] if bias else [])
+    x, params = _empty_case(rng, (0, 3, 9, 9), shapes)
+    _assert_same(
+        *_run_both(
+            lambda x, *p: F.conv2d(x, *p, stride=stride, padding=padding),
+            lambda x, *p: tf.conv2d(x, *p, stride=stride, padding=padding),
+            x,
+            params,
+        )
+    )
+
+
+@pytest.mark.parametrize("need", ["x", "w"])
+def test_conv2d_on_an_empty_batch_one_gradient(rng, cpu_backend, no_numpy_warnings, need):
+    x = mr.tensor(np.zeros((0, 3, 8, 8), np.float32), requires_grad=need == "x")
+    w = mr.tensor(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), requires_grad=need == "w")
+    F.conv2d(x, w, padding=1).sum().backward()
+    grad = x.grad if need == "x" else w.grad
+    assert grad.shape == (x.shape if need == "x" else w.shape) and not grad.any()
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_batch_norm_on_an_empty_batch(rng, cpu_backend, no_numpy_warnings, training):
+    """PyTorch: the output is empty, gamma and beta get zero gradients and, in
+    training, the running statistics are left as they were (no NaN)."""
+    torch = pytest.importorskip("torch")
+    x, (gamma, beta) = _empty_case(rng, (0, 3, 4, 4), [(3,), (3,)])
+    mean, var = rng.standard_normal(3).astype(np.float32), rng.uniform(1, 2, 3).astype(np.float32)
+    rm, rv = mean.copy(), var.copy()
+    trm, trv = torch.tensor(mean), torch.tensor(var)
+    _assert_same(
+        *_run_both(
+            lambda x, g, b: F.batch_norm(x, rm, rv, g, b, training=training),
+            lambda x, g, b: torch.nn.functional.batch_norm(x, trm, trv, g, b, training=training),
+            x,
+            [gamma, beta],
+        )
+    )
+    np.testing.assert_array_equal(rm, trm.numpy())
+    np.testing.assert_array_equal(rv, trv.numpy())
+    np.testing.assert_array_equal(rm, mean)
+
+
+def test_batch_norm_still_refuses_one_value_per_channel():
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        F.batch_norm(mr.tensor(np.zeros((1, 3, 1, 1), np.float32)), None, None, training=True)
+
+
+UNARY_OPS = {
+    "relu": (F.relu, lambda tf: tf.relu),
+    "max_pool2d 2": (lambda x: F.max_pool2d(x, 2), lambda tf: lambda x: tf.max_pool2d(x, 2)),
+    "max_pool2d 3/2/1": (
+        lambda x: F.max_pool2d(x, 3, 2, 1),
+        lambda tf: lambda x: tf.max_pool2d(x, 3, 2, 1),
+    ),
+    "avg_pool2d 2": (lambda x: F.avg_pool2d(x, 2), lambda tf: lambda x: tf.avg_pool2d(x, 2)),
+    "avg_pool2d 3/2/1": (
+        lambda x: F.avg_pool2d(x, 3, 2, 1),
+        lambda tf: lambda x: tf.avg_pool2d(x, 3, 2, 1),
+    ),
+    "adaptive 1": (
+        lambda x: F.adaptive_avg_pool2d(x, 1),
+        lambda tf: lambda x: tf.adaptive_avg_pool2d(x, 1),
+    ),
+    "adaptive 2": (
+        lambda x: F.adaptive_avg_pool2d(x, 2),
+        lambda tf: lambda x: tf.adaptive_avg_pool2d(x, 2),
+    ),
+    "flatten 1": (lambda x: F.flatten(x, 1), lambda tf: lambda x: x.flatten(1)),
+    "flatten 0": (lambda x: F.flatten(x, 0), lambda tf: lambda x: x.flatten(0)),
+}
+
+
+@pytest.mark.parametrize("name", list(UNARY_OPS))
+def test_unary_ops_on_an_empty_batch(rng, cpu_backend, no_numpy_warnings, name):
+    tf = pytest.importorskip("torch.nn.functional")
+    op, torch_op = UNARY_OPS[name]
+    x, _ = _empty_case(rng, (0, 3, 6, 6), [])
+    _assert_same(*_run_both(op, torch_op(tf), x, []))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_on_an_empty_batch(rng, cpu_backend, no_numpy_warnings, bias):
+    tf = pytest.importorskip("torch.nn.functional")
+    x, params = _empty_case(rng, (0, 5), [(3, 5)] + ([(3,)] if bias else []))
+    _assert_same(*_run_both(F.linear, tf.linear, x, params))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_on_an_empty_batch(rng, cpu_backend, no_numpy_warnings, reduction):
+    """PyTorch: the mean over no samples is NaN, the sum is 0; the gradient is empty."""
+    torch = pytest.importorskip("torch")
+    x, _ = _empty_case(rng, (0, 5), [])
+    labels = np.zeros(0, np.int64)
+    got, want = _run_both(
+        lambda z: F.cross_entropy(z, labels, reduction=reduction),
+        lambda z: torch.nn.functional.cross_entropy(z, torch.tensor(labels), reduction=reduction),
+        x,
+        [],
+        loss="self",
+    )
+    _assert_same(got, want)
+    assert np.isnan(got[0]) if reduction == "mean" else got[0] == 0
+
+
+@pytest.mark.parametrize("depth", ["resnet20", "resnet18"])
+@pytest.mark.parametrize("train", [False, True])
+def test_models_on_an_empty_batch(cpu_backend, no_numpy_warnings, depth, train):
+    """Eval: forward gives (0, classes). Train (PyTorch allows it): forward and
+    backward, every parameter gets a zero gradient of its shape, the running
+    statistics stay finite and unchanged."""
+    mr.manual_seed(0)
+    model = getattr(mr.models, depth)()
+    model.train(train)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    x = mr.tensor(np.zeros((0, 3, 32, 32), np.float32))
+    y = model(x)
+    assert y.shape == (0, 10 if depth == "resnet20" else 1000) and y.dtype == np.float32
+    if train:
+        F.cross_entropy(y, np.zeros(0, np.int64), reduction="sum").backward()
+        for name, p in model.named_parameters():
+            assert p.grad is not None and p.grad.shape == p.shape, name
+            assert p.grad.dtype == np.float32 and not p.grad.any(), name
+    for key, value in model.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            assert int(value) == int(before[key]) + train  # counted, as PyTorch
+        else:
+            np.testing.assert_array_equal(value, before[key], err_msg=key)
