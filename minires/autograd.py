@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from .backends.device import add_at, device_of, get_array_module, is_array, to_device
-from .backward import run_backward
-from .grad_mode import is_anomaly_enabled, is_grad_enabled
+from .backward import record_saved, run_backward
+from .grad_mode import is_grad_enabled
 
 Array = Any  # numpy.ndarray or cupy.ndarray
 
@@ -66,8 +66,10 @@ class Tensor:
         self.generation = 0
         self._retain_grad = False
         # Counts the in-place changes made through minires (an optimiser step,
-        # load_state_dict): a Function that saved this tensor checks it.
-        self._version = 0
+        # load_state_dict): a Function that saved this tensor checks it. One
+        # counter (a list) is shared by the tensors that share the memory:
+        # Tensor(t), t.detach() and views (a reshape, a transpose, a slice).
+        self._versions = data._versions if isinstance(data, Tensor) else [0]
 
     shape = property(lambda self: self.data.shape)
     ndim = property(lambda self: self.data.ndim)
@@ -75,6 +77,7 @@ class Tensor:
     dtype = property(lambda self: self.data.dtype)
     device = property(lambda self: device_of(self.data), doc='"cpu" or "cuda"')
     is_leaf = property(lambda self: self.creator is None)
+    _version = property(lambda self: self._versions[0])
 
     __len__ = lambda self: len(self.data)
 
@@ -86,7 +89,7 @@ class Tensor:
         return f"tensor({body}{extra})"
 
     numpy = lambda self: to_device(self.data, "cpu")  # copied from the GPU if needed
-    detach = lambda self: Tensor(self.data)  # a new leaf sharing this tensor's data
+    detach = lambda self: Tensor(self)  # a new leaf sharing this tensor's data (and version)
     cuda = lambda self: self.to("cuda")
     cpu = lambda self: self.to("cpu")
     zero_grad = lambda self: setattr(self, "grad", None)
@@ -102,7 +105,7 @@ class Tensor:
 
     def bump_version(self) -> None:
         """Record that ``data`` was changed in place: graphs that saved it are stale."""
-        self._version += 1
+        self._versions[0] += 1
 
     def to(self, target: object) -> Tensor:
         """``to("cuda")``, ``to("cpu")`` or ``to(np.float64)``; differentiable."""
@@ -156,6 +159,7 @@ class Tensor:
     __rmatmul__ = lambda self, other: MatMul()(other, self)
     __neg__ = lambda self: Neg()(self)
     __pow__ = lambda self, exponent: Pow(exponent)(self)
+    __rpow__ = lambda self, base: RPow()(base, self)
     __getitem__ = lambda self, index: GetItem(index)(self)
     exp = lambda self: Exp()(self)
     log = lambda self: Log()(self)
@@ -179,7 +183,7 @@ class Tensor:
         (N, C, H, W) -> (N, C*H*W) for start_dim=1; everything into one for 0."""
         if not 0 <= start_dim < max(self.ndim, 1):
             raise ValueError(f"flatten: start_dim must be in [0, {self.ndim}), got {start_dim}")
-        return self.reshape(self.shape[:start_dim] + (-1,))
+        return self.reshape(self.shape[:start_dim] + (int(np.prod(self.shape[start_dim:])),))
 
 
 def _shape_args(args: tuple) -> tuple[int, ...]:
@@ -207,30 +211,31 @@ def _scalar_dtype(value: object, like: np.dtype) -> np.dtype:
     return like
 
 
-def as_tensor(x: object, like: Tensor | None = None) -> Tensor:
-    """A Tensor for ``x``; a Python number takes ``like``'s dtype and device."""
-    if isinstance(x, Tensor):
-        return x
-    if like is not None and not is_array(x):
-        return Tensor(get_array_module(like.data).asarray(x, dtype=like.dtype))
-    return Tensor(x)
+def as_tensor(x: object) -> Tensor:
+    """``x`` if it is a Tensor, else a new leaf holding it."""
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+_KIND_RANK = {"b": 0, "i": 1, "u": 1, "f": 2}  # bool < integer < floating
 
 
 def _as_tensors(inputs: Sequence[object]) -> list[Tensor]:
-    """A Function's inputs as Tensors, Python numbers promoted as in PyTorch."""
-    like = next((x for x in inputs if isinstance(x, Tensor)), None)
-    if like is None:
+    """A Function's inputs as Tensors, promoted as in PyTorch: the highest kind of
+    tensor wins whatever its size (float32 times an int64 tensor is float32; a
+    bool tensor plus an int one is int), then a Python number may raise the kind
+    (_scalar_dtype); operands of a lower kind are cast. Two float dtypes never
+    mix: the operators raise (same_float_dtype)."""
+    inputs = [Tensor(x) if is_array(x) else x for x in inputs]
+    tensors = [x for x in inputs if isinstance(x, Tensor)]
+    if not tensors:
         return [as_tensor(x) for x in inputs]
-    dtype = like.dtype
+    dtype = max((t.dtype for t in tensors), key=lambda d: _KIND_RANK.get(d.kind, 3))
     for x in inputs:
-        if not isinstance(x, Tensor) and not is_array(x):
+        if not isinstance(x, Tensor):
             dtype = _scalar_dtype(x, dtype)
-    if dtype != like.dtype:  # e.g. int tensor * 0.5: the tensor becomes float32 first
-        inputs = [
-            Cast(dtype)(x) if isinstance(x, Tensor) and x.dtype.kind in "biu" else x for x in inputs
-        ]
-        like = next(x for x in inputs if isinstance(x, Tensor))
-    return [as_tensor(x, like) for x in inputs]
+    xp, rank = get_array_module(tensors[0].data), _KIND_RANK.get(dtype.kind, 3)
+    cast = lambda t: Cast(dtype)(t) if _KIND_RANK.get(t.dtype.kind, 3) < rank else t  # noqa: E731
+    return [cast(x) if isinstance(x, Tensor) else Tensor(xp.asarray(x, dtype)) for x in inputs]
 
 
 # --------------------------------------------------------------------------
@@ -249,14 +254,16 @@ class Function:
 
     ``saved_inputs`` lists (by position) the inputs whose values backward
     reads (None: all); if one is changed in place through minires before
-    backward runs, backward raises rather than return a wrong gradient.
-    ``saved_outputs`` lists the outputs it reads (checked in detect_anomaly).
+    backward runs, backward raises rather than return a wrong gradient
+    (record_saved and check_saved in backward.py). ``saved_outputs`` lists
+    the outputs it reads (checked in detect_anomaly).
     """
 
     generation: int = 0
     needs_input_grad: tuple[bool, ...] = ()
     saved_inputs: tuple[int, ...] | None = None
     saved_outputs: tuple[int, ...] = ()
+    views = False  # whether the output may be a view of input 0 (then it shares its versions)
 
     def __call__(self, *inputs: object) -> Any:
         tensors = _as_tensors(inputs)
@@ -264,6 +271,8 @@ class Function:
         ys = self.forward(*[t.data for t in tensors])
         single = not isinstance(ys, tuple)
         outputs = [Tensor(y) for y in ((ys,) if single else ys)]
+        if self.views and get_array_module(ys).may_share_memory(ys, tensors[0].data):
+            outputs[0]._versions = tensors[0]._versions  # in place on one is in place on both
         if is_grad_enabled() and any(self.needs_input_grad):
             self.generation = max(t.generation for t in tensors)
             for out in outputs:
@@ -274,12 +283,7 @@ class Function:
             # holding the output would be a cycle that only the GC can free.
             self.outputs = [weakref.ref(out) for out in outputs]
             self.output_meta = [(out.shape, out.dtype) for out in outputs]
-            saved = range(len(tensors)) if self.saved_inputs is None else self.saved_inputs
-            self.versions = {i: tensors[i]._version for i in saved if i < len(tensors)}
-            if is_anomaly_enabled():  # keep copies of what backward reads, to compare
-                kept = [(f"input {i}", tensors[i].data) for i in self.versions]
-                kept += [(f"output {i}", outputs[i].data) for i in self.saved_outputs]
-                self.copies = [(what, a, a.copy()) for what, a in kept]
+            record_saved(self, tensors, outputs)  # backward checks they are unchanged
         return outputs[0] if single else tuple(outputs)
 
     def forward(self, *xs: Array) -> Array | tuple[Array, ...]:
@@ -287,23 +291,6 @@ class Function:
 
     def backward(self, *gys: Array) -> Array | None | tuple[Array | None, ...]:
         raise NotImplementedError
-
-    def check_saved_inputs(self) -> None:
-        """Raise if a value that backward reads was changed since forward."""
-        for i, version in self.versions.items():
-            if self.inputs[i]._version != version:
-                raise RuntimeError(
-                    f"{type(self).__name__}.backward: its input {i} (shape {self.inputs[i].shape})"
-                    " was changed in place after the forward pass (by an optimiser step or "
-                    "load_state_dict), so the gradient would be wrong; run the forward again"
-                )
-        for what, array, copy in getattr(self, "copies", ()):
-            if not get_array_module(copy).array_equal(array, copy, copy.dtype.kind in "fc"):
-                raise RuntimeError(
-                    f"{type(self).__name__}.backward (detect_anomaly): its {what} (shape "
-                    f"{copy.shape}) was overwritten after the forward pass (a write to .data?), "
-                    "so the gradient would be wrong"
-                )
 
     def release(self) -> None:
         """Drop everything saved for backward; the node stays, marked freed."""
@@ -424,8 +411,20 @@ class Pow(Function):
         self.c = exponent.item() if isinstance(exponent, np.generic) else exponent
     def forward(self, a):
         self.a = a.astype(np.float32) if isinstance(self.c, float) and a.dtype.kind in "biu" else a
-        return self.a ** self.c
+        y = self.a ** self.c  # NumPy: bool ** bool is int8; PyTorch keeps bool
+        return y.astype(bool) if isinstance(self.c, bool) and a.dtype.kind == "b" else y
     def backward(self, gy): return gy * (self.c * self.a ** (self.c - 1))
+
+
+class RPow(Function):
+    """c ** x for a number c (``2 ** t``); d/dx = c ** x * log(c)."""
+    saved_inputs, saved_outputs = (0,), (0,)
+    def forward(self, c, a):
+        if c.dtype.kind == "b" and a.dtype.kind == "b":
+            raise TypeError("pow: a bool base to a bool power is not supported (as PyTorch)")
+        self.c, self.y = c, c ** a
+        return self.y
+    def backward(self, gy): return None, gy * self.y * get_array_module(gy).log(self.c)
 
 
 class Exp(Function):
@@ -452,7 +451,7 @@ class Sum(Function):
 
 
 class Reshape(Function):
-    saved_inputs = ()
+    saved_inputs, views = (), True
     def __init__(self, shape): self.shape = shape
     def forward(self, a):
         self.in_shape = a.shape
@@ -465,7 +464,7 @@ class Reshape(Function):
 
 
 class Transpose(Function):
-    saved_inputs = ()
+    saved_inputs, views = (), True
     def __init__(self, axes): self.axes = None if axes is None else tuple(axes)
     def forward(self, a): return a.transpose(self.axes)
     def backward(self, gy):  # the inverse permutation
@@ -473,7 +472,7 @@ class Transpose(Function):
 
 
 class GetItem(Function):
-    saved_inputs = ()
+    saved_inputs, views = (), True
     def __init__(self, index): self.index = index.data if isinstance(index, Tensor) else index
     def forward(self, a): self.shape, self.dtype = a.shape, a.dtype; return a[self.index]  # noqa: E702, E501
     def backward(self, gy):

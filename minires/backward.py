@@ -13,6 +13,10 @@ code below makes it so:
    one gradient per use; they are summed in ``grads`` before its creator runs.
 3. Memory. Each Function drops what it saved once its backward has run
    (unless ``retain_graph``), so activations are freed while the walk goes on.
+4. Freshness. A Function's backward reads values saved at forward; if one was
+   changed in place since (an optimiser step between two backward passes of
+   a retained graph), the gradient would be silently wrong, so the walk
+   raises instead (record_saved / check_saved below).
 
 It reads only attributes of Tensors and Functions, so it needs nothing from
 autograd.py at run time (the names below are for type checkers).
@@ -25,11 +29,46 @@ import itertools
 from typing import TYPE_CHECKING, Any
 
 from .backends.device import get_array_module
+from .grad_mode import is_anomaly_enabled
 
 if TYPE_CHECKING:
     from .autograd import Function, Tensor
 
 Array = Any  # numpy.ndarray or cupy.ndarray
+
+
+def record_saved(fn: Function, inputs: list[Tensor], outputs: list[Tensor]) -> None:
+    """At forward: note the versions of the inputs ``fn.backward`` reads.
+
+    ``fn.saved_inputs`` names them (None: all). In ``detect_anomaly()`` also
+    keep copies of them and of ``fn.saved_outputs``, to catch a direct write
+    into ``.data``, which no version counter sees.
+    """
+    saved = range(len(inputs)) if fn.saved_inputs is None else fn.saved_inputs
+    fn.versions = {i: inputs[i]._version for i in saved if i < len(inputs)}
+    if is_anomaly_enabled():
+        kept = [(f"input {i}", inputs[i].data) for i in fn.versions]
+        kept += [(f"output {i}", outputs[i].data) for i in fn.saved_outputs]
+        fn.copies = [(what, a, a.copy()) for what, a in kept]
+
+
+def check_saved(fn: Function) -> None:
+    """Before ``fn.backward``: raise if a value it reads was changed since forward."""
+    for i, version in fn.versions.items():
+        if fn.inputs[i]._version != version:
+            raise RuntimeError(
+                f"{type(fn).__name__}.backward: its input {i} (shape {fn.inputs[i].shape}) "
+                "was changed in place after the forward pass (by an optimiser step or "
+                "load_state_dict), so the gradient would be wrong; run the forward again"
+            )
+    for what, array, copy in getattr(fn, "copies", ()):
+        # NaNs that were there at forward are no change (equal_nan for floats).
+        if not get_array_module(copy).array_equal(array, copy, copy.dtype.kind in "fc"):
+            raise RuntimeError(
+                f"{type(fn).__name__}.backward (detect_anomaly): its {what} (shape "
+                f"{copy.shape}) was overwritten after the forward pass (a write to .data?), "
+                "so the gradient would be wrong"
+            )
 
 
 def run_backward(root: Tensor, seed: Array, retain_graph: bool) -> None:
@@ -87,7 +126,7 @@ def run_backward(root: Tensor, seed: Array, retain_graph: bool) -> None:
     push(root.creator)
     while heap:
         fn = heapq.heappop(heap)[2]
-        fn.check_saved_inputs()
+        check_saved(fn)
         gys = []
         for ref, (shape, dtype) in zip(fn.outputs, fn.output_meta):
             out = ref()

@@ -11,6 +11,7 @@ mistakes them for the layers of ``minires.nn``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -207,6 +208,13 @@ class BatchNormFunction(Function):
         C = x.shape[1]
         xc = to_channel_major(x)
         x2 = xc.reshape(C, -1)
+        if self.training and x2.shape[1] == 0:
+            # An empty batch has no statistics to normalise with (their mean
+            # would be NaN): as PyTorch, y is empty, gamma and beta get zero
+            # gradients and the running statistics are left alone. Any finite
+            # mean and variance give that, so take the evaluation path.
+            self.training = False
+            self.running_mean, self.running_var = xp.zeros(C, x.dtype), xp.ones(C, x.dtype)
         if self.training:
             self.backend = get_backend(x)
             y2, self.xhat, self.inv_std = self.backend.batch_norm_forward(
@@ -277,7 +285,7 @@ def batch_norm(
         raise ValueError(f"{op}: give both running_mean and running_var, or neither")
     if not training and running_mean is None:
         raise ValueError(f"{op}: evaluation mode needs running_mean and running_var")
-    if training and x.size // C <= 1:
+    if training and x.shape[0] * math.prod(x.shape[2:]) == 1:  # 0 values: see BatchNormFunction
         raise ValueError(
             f"{op}: expected more than 1 value per channel when training, got input shape "
             f"{tuple(x.shape)}"
@@ -523,17 +531,23 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 class CrossEntropyFunction(Function):
+    """The mean over the batch of -log softmax(logits)[n, labels[n]]."""
+
     saved_inputs = ()  # backward reads the softmax it computed
 
     def __init__(self, labels: Array):
         self.labels = labels
 
     def forward(self, logits: Array) -> Array:
-        self.backend = get_backend(logits)
+        self.backend, self.shape = get_backend(logits), logits.shape
+        if logits.shape[0] == 0:  # the mean of no values is NaN, as in PyTorch
+            return get_array_module(logits).full((), np.nan, dtype=logits.dtype)
         loss, self.probs = self.backend.cross_entropy_forward(logits, self.labels)
         return loss
 
     def backward(self, gloss: Array) -> Array:
+        if self.shape[0] == 0:
+            return get_array_module(gloss).zeros(self.shape, dtype=gloss.dtype)
         return self.backend.cross_entropy_backward(self.probs, self.labels, gloss)
 
 
@@ -565,5 +579,7 @@ def cross_entropy(input: Tensor, target: Any, reduction: str = "mean") -> Tensor
         )
     if reduction not in ("mean", "sum"):
         raise ValueError(f"{op}: reduction must be 'mean' or 'sum', got {reduction!r}")
+    if reduction == "sum" and N == 0:  # the sum of no values is 0 (N * NaN is not)
+        return logits.sum()
     loss = CrossEntropyFunction(labels.astype(xp.int64, copy=False))(logits)
     return loss * N if reduction == "sum" else loss
