@@ -27,14 +27,12 @@ import numpy as np
 
 from . import numpy_backend as reference
 from . import parallel, shifted_conv
-from .layout import from_channel_major, to_channel_major
+from .layout import from_channel_major, out_size, to_channel_major
 from .numpy_backend import (  # noqa: F401 - not worth threading: the reference's own
     avg_pool_backward,
     avg_pool_forward,
-    col2im,
     cross_entropy_backward,
     cross_entropy_forward,
-    im2col,
     max_pool_backward,
     max_pool_forward,
 )
@@ -56,6 +54,35 @@ def _blas_guarded(op: Callable) -> Callable:
 # --------------------------------------------------------------------------
 
 
+def im2col(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int) -> np.ndarray:
+    """numpy_backend.im2col, its rows built by blocks of channels in threads."""
+    C, N, H, W = x.shape
+    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    col = np.empty((C, kh, kw, N, OH, OW), dtype=x.dtype)
+
+    def rows(c: slice) -> None:
+        reference.im2col(x[c], kh, kw, sh, sw, ph, pw, out=col[c])
+
+    parallel.for_rows(C, rows, work=col.size)
+    return col.reshape(C * kh * kw, N * OH * OW)
+
+
+def col2im(
+    col: np.ndarray, x_shape: tuple, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int
+) -> np.ndarray:
+    """numpy_backend.col2im by blocks of channels in threads (a channel's pixels
+    receive only its own rows of col)."""
+    C, K = x_shape[0], kh * kw
+    x = np.empty(x_shape, dtype=col.dtype)
+
+    def rows(c: slice) -> None:
+        block = (c.stop - c.start, *x_shape[1:])
+        x[c] = reference.col2im(col[c.start * K : c.stop * K], block, kh, kw, sh, sw, ph, pw)
+
+    parallel.for_rows(C, rows, work=col.size)
+    return x
+
+
 def _shifted(w: np.ndarray, stride: tuple[int, int], padding: tuple[int, int]) -> bool:
     """Whether the shifted GEMMs apply: stride 1, a kernel larger than 1x1 (a 1x1
     convolution already is a plain GEMM), and a padding the layout supports."""
@@ -73,7 +100,9 @@ def conv2d_forward(
 ) -> tuple[np.ndarray, tuple]:
     """As numpy_backend.conv2d_forward: shifted GEMMs at stride 1, else a threaded GEMM."""
     if not _shifted(w, stride, padding) or x.shape[0] == 0:
-        return reference.conv2d_forward(x, w, b, stride, padding, matmul=parallel.matmul)
+        return reference.conv2d_forward(
+            x, w, b, stride, padding, im2col=im2col, matmul=parallel.matmul
+        )
     N, C, H, W = x.shape
     geometry = shifted_conv.Geometry(N, H, W, *w.shape[2:], *padding)
     xc = to_channel_major(x)
@@ -90,7 +119,7 @@ def conv2d_backward(
     """As numpy_backend.conv2d_backward, for what conv2d_forward above saved."""
     if not isinstance(saved[2], shifted_conv.Geometry):
         return reference.conv2d_backward(
-            gy, saved, needs_grad, matmul=parallel.matmul, matmul_t=parallel.matmul_t
+            gy, saved, needs_grad, im2col, col2im, parallel.matmul, parallel.matmul_t
         )
     xc, w, geometry = saved
     gyc = to_channel_major(gy)
