@@ -34,7 +34,7 @@ from minires.models import (
     list_models,
     shortcut_a,
 )
-from minires.models.blocks import SubsamplePad, conv1x1
+from minires.models.blocks import SubsamplePadFunction, conv1x1
 
 
 def rand(shape, seed=0, dtype=np.float64):
@@ -432,8 +432,8 @@ def test_gradcheck_whole_depth8_net(kwargs):
 def test_whole_net_check_catches_a_wrong_shortcut_gradient(monkeypatch):
     mr.manual_seed(14)
     model = cifar_resnet(8)
-    right = SubsamplePad.backward
-    monkeypatch.setattr(SubsamplePad, "backward", lambda self, gy: 0.5 * right(self, gy))
+    right = SubsamplePadFunction.backward
+    monkeypatch.setattr(SubsamplePadFunction, "backward", lambda self, gy: 0.5 * right(self, gy))
     with pytest.raises(mr.GradcheckError, match="directional"):
         check_module(model, (2, 3, 8, 8), **NET_TOL)
 

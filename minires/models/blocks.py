@@ -161,7 +161,7 @@ class Bottleneck(nn.Module):
 # --------------------------------------------------------------------------
 
 
-class SubsamplePad(Function):
+class SubsamplePadFunction(Function):
     """y = x[:, :, ::s, ::s] followed by zero channels: (N, C, H, W) -> (N, C_out, H', W').
 
     H' = ceil(H / s), the size a 3x3 stride-s padding-1 convolution gives. The
@@ -212,7 +212,7 @@ def shortcut_a(x: Tensor, out_channels: int, stride: int = 2) -> Tensor:
             f"shortcut_a: out_channels must be an int >= the input's {x.shape[1]} channels, "
             f"got {out_channels!r}"
         )
-    return SubsamplePad(int(out_channels), int(stride))(x)
+    return SubsamplePadFunction(int(out_channels), int(stride))(x)
 
 
 class ShortcutA(nn.Module):
