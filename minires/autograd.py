@@ -15,6 +15,7 @@ a device's backend, live in functional.py.
 from __future__ import annotations
 
 import weakref
+from collections import namedtuple
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +23,9 @@ import numpy as np
 
 from .backends.device import add_at, device_of, get_array_module, is_array, to_device
 from .backward import record_saved, run_backward
+from .dtypes import as_array, is_lower_kind, result_dtype, same_float_dtype
 from .grad_mode import is_grad_enabled
+from .tensor_methods import TensorMethods, axes, shape_args
 
 Array = Any  # numpy.ndarray or cupy.ndarray
 
@@ -31,18 +34,7 @@ Array = Any  # numpy.ndarray or cupy.ndarray
 # --------------------------------------------------------------------------
 
 
-def _as_array(data: object, dtype: Any = None) -> Array:
-    """Arrays keep their dtype; Python numbers and lists follow PyTorch: ``[1.0]``
-    is float32 (NumPy would make it float64, silently twice as slow), ``[1]`` int64."""
-    if is_array(data):
-        return data if dtype is None else data.astype(dtype, copy=False)
-    arr = np.asarray(data, dtype=dtype)
-    if dtype is None and arr.dtype == np.float64 and not isinstance(data, np.generic):
-        return arr.astype(np.float32)
-    return arr
-
-
-class Tensor:
+class Tensor(TensorMethods):
     """An n-dimensional array that remembers how it was computed.
 
     Attributes:
@@ -59,7 +51,7 @@ class Tensor:
     __array_priority__ = 1000
 
     def __init__(self, data: object, requires_grad: bool = False):
-        self.data: Array = _as_array(data.data if isinstance(data, Tensor) else data)
+        self.data: Array = as_array(data.data if isinstance(data, Tensor) else data)
         self.grad: Array | None = None
         self.requires_grad = bool(requires_grad)
         self.creator: Function | None = None
@@ -73,7 +65,6 @@ class Tensor:
 
     shape = property(lambda self: self.data.shape)
     ndim = property(lambda self: self.data.ndim)
-    size = property(lambda self: self.data.size)
     dtype = property(lambda self: self.data.dtype)
     device = property(lambda self: device_of(self.data), doc='"cpu" or "cuda"')
     is_leaf = property(lambda self: self.creator is None)
@@ -93,9 +84,10 @@ class Tensor:
     cuda = lambda self: self.to("cuda")
     cpu = lambda self: self.to("cpu")
     zero_grad = lambda self: setattr(self, "grad", None)
+    new_tensor = lambda self, data: Tensor(data)  # a new leaf, as torch's new_tensor
 
     def item(self) -> float | int:
-        if self.size != 1:
+        if self.numel() != 1:
             raise ValueError(f"item(): expected a tensor with one element, got shape {self.shape}")
         return self.data.reshape(()).item()
 
@@ -116,21 +108,32 @@ class Tensor:
         dtype = np.dtype(target)  # raises TypeError for nonsense
         return self if dtype == self.dtype else Cast(dtype)(self)
 
-    def backward(self, grad: object = None, retain_graph: bool = False) -> None:
+    def backward(
+        self, gradient: object = None, retain_graph: bool = False, create_graph: bool = False
+    ) -> None:
         """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf.
 
         Args:
-            grad: the upstream gradient, same shape as self. May be omitted
+            gradient: the upstream gradient, same shape as self. May be omitted
                 only when self has one element (a loss), then it is 1.
             retain_graph: keep the graph and its saved buffers so backward can
                 be called again; by default they are freed as it goes.
+            create_graph: not supported: minires's backward passes are array
+                code, not recorded, so higher-order gradients are not available.
         """
+        if create_graph:
+            raise NotImplementedError(
+                "backward(create_graph=True): minires does not record the backward pass, so "
+                "higher-order gradients (Hessian-vector products, gradient penalties) are "
+                "not available"
+            )
+        grad = gradient
         if not self.requires_grad:
             raise RuntimeError(
                 "backward(): this tensor does not require grad and has no graph "
                 "(was it computed under no_grad(), or from inputs without requires_grad?)"
             )
-        if grad is None and self.size != 1:
+        if grad is None and self.numel() != 1:
             raise RuntimeError(
                 f"backward(): grad can be omitted only for a one-element output, "
                 f"got shape {self.shape}; pass grad= of that shape"
@@ -163,52 +166,39 @@ class Tensor:
     __getitem__ = lambda self, index: GetItem(index)(self)
     exp = lambda self: Exp()(self)
     log = lambda self: Log()(self)
-    T = property(lambda self: Transpose(None)(self))
 
-    def sum(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
-        return Sum(axis, keepdims)(self)
+    def sum(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> Tensor:
+        return Sum(dim, keepdim)(self)
 
-    def mean(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
-        count = int(np.prod([self.shape[a] for a in _axes(axis, self.ndim)]))
-        return Sum(axis, keepdims)(self) / count
+    def max(self, dim: int | None = None, keepdim: bool = False) -> Tensor | MinMax:
+        """The largest value, or with ``dim`` the (values, indices) along it."""
+        return _extreme(self, "max", dim, keepdim)
+
+    def min(self, dim: int | None = None, keepdim: bool = False) -> Tensor | MinMax:
+        return _extreme(self, "min", dim, keepdim)
 
     def reshape(self, *shape: int | Sequence[int]) -> Tensor:
-        return Reshape(_shape_args(shape))(self)
+        return Reshape(shape_args(shape))(self)
 
-    def transpose(self, *axes: int) -> Tensor:
-        return Transpose(_shape_args(axes) or None)(self)
-
-    def flatten(self, start_dim: int = 0) -> Tensor:
-        """Merge dimensions start_dim.. into one, as torch.flatten:
-        (N, C, H, W) -> (N, C*H*W) for start_dim=1; everything into one for 0."""
-        if not 0 <= start_dim < max(self.ndim, 1):
-            raise ValueError(f"flatten: start_dim must be in [0, {self.ndim}), got {start_dim}")
-        return self.reshape(self.shape[:start_dim] + (int(np.prod(self.shape[start_dim:])),))
+    def permute(self, *dims: int | Sequence[int]) -> Tensor:
+        return Permute(shape_args(dims))(self)
 
 
-def _shape_args(args: tuple) -> tuple[int, ...]:
-    """``f(2, 3)`` and ``f((2, 3))`` alike."""
-    return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+MinMax = namedtuple("MinMax", ["values", "indices"])  # as torch.return_types.max
+
+
+def _extreme(t: Tensor, which: str, dim: int | None, keepdim: bool) -> Tensor | MinMax:
+    values = Extreme(which, dim, keepdim)(t)
+    if dim is None:
+        return values
+    xp = get_array_module(t.data)
+    indices = (t.data.argmax if which == "max" else t.data.argmin)(axis=dim)
+    return MinMax(values, Tensor(xp.expand_dims(indices, dim) if keepdim else indices))
 
 
 def tensor(data: object, requires_grad: bool = False, dtype: Any = None) -> Tensor:
     """Make a leaf Tensor, like ``torch.tensor``."""
-    return Tensor(_as_array(data, dtype), requires_grad=requires_grad)
-
-
-def _scalar_dtype(value: object, like: np.dtype) -> np.dtype:
-    """The dtype of a Python number that meets a tensor of dtype ``like``, as PyTorch.
-
-    A number never widens the tensor's dtype (float32 * 0.5 stays float32:
-    under NumPy 2 an np.float64 scalar would silently make it float64), but
-    it can change its kind: an int or bool tensor times 0.5 gives the default
-    float dtype, float32; a bool tensor plus 1 gives int64.
-    """
-    if isinstance(value, (float, np.floating)) and like.kind in "biu":
-        return np.dtype(np.float32)
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and like.kind == "b":
-        return np.dtype(np.int64)
-    return like
+    return Tensor(as_array(data, dtype), requires_grad=requires_grad)
 
 
 def as_tensor(x: object) -> Tensor:
@@ -216,25 +206,17 @@ def as_tensor(x: object) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
 
 
-_KIND_RANK = {"b": 0, "i": 1, "u": 1, "f": 2}  # bool < integer < floating
-
-
 def _as_tensors(inputs: Sequence[object]) -> list[Tensor]:
-    """A Function's inputs as Tensors, promoted as in PyTorch: the highest kind of
-    tensor wins whatever its size (float32 times an int64 tensor is float32; a
-    bool tensor plus an int one is int), then a Python number may raise the kind
-    (_scalar_dtype); operands of a lower kind are cast. Two float dtypes never
-    mix: the operators raise (same_float_dtype)."""
+    """A Function's inputs as Tensors, in the dtype PyTorch would compute in
+    (dtypes.result_dtype); operands of a lower kind are cast to it."""
     inputs = [Tensor(x) if is_array(x) else x for x in inputs]
     tensors = [x for x in inputs if isinstance(x, Tensor)]
     if not tensors:
         return [as_tensor(x) for x in inputs]
-    dtype = max((t.dtype for t in tensors), key=lambda d: _KIND_RANK.get(d.kind, 3))
-    for x in inputs:
-        if not isinstance(x, Tensor):
-            dtype = _scalar_dtype(x, dtype)
-    xp, rank = get_array_module(tensors[0].data), _KIND_RANK.get(dtype.kind, 3)
-    cast = lambda t: Cast(dtype)(t) if _KIND_RANK.get(t.dtype.kind, 3) < rank else t  # noqa: E731
+    numbers = [x for x in inputs if not isinstance(x, Tensor)]
+    dtype = result_dtype([t.dtype for t in tensors], numbers)
+    xp = get_array_module(tensors[0].data)
+    cast = lambda t: Cast(dtype)(t) if is_lower_kind(t.dtype, dtype) else t  # noqa: E731
     return [cast(x) if isinstance(x, Tensor) else Tensor(xp.asarray(x, dtype)) for x in inputs]
 
 
@@ -318,23 +300,6 @@ def sum_to(g: Array, shape: tuple[int, ...]) -> Array:
     lead = g.ndim - len(shape)
     expanded = [lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1]
     return g.sum(axis=tuple(range(lead)) + tuple(expanded), keepdims=True).reshape(shape)
-
-
-def same_float_dtype(op: str, a: Array, b: Array) -> None:
-    """float32 and float64 never mix silently: the operators raise instead."""
-    if a.dtype != b.dtype and a.dtype.kind == "f" and b.dtype.kind == "f":
-        raise TypeError(
-            f"{op}: operands must have the same floating dtype, got {a.dtype} and {b.dtype} "
-            f"(convert one with .to(np.{b.dtype}) or .to(np.{a.dtype}))"
-        )
-
-
-def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
-    axes = tuple(range(ndim)) if axis is None else (axis,) if isinstance(axis, int) else axis
-    for a in axes:
-        if not -ndim <= a < ndim:
-            raise ValueError(f"sum: axis {a} is out of range for a {ndim}-d tensor")
-    return tuple(a % ndim for a in axes)
 
 
 # fmt: off
@@ -442,7 +407,7 @@ class Sum(Function):
     saved_inputs = ()
     def __init__(self, axis, keepdims): self.axis, self.keepdims = axis, keepdims
     def forward(self, a):
-        self.shape, self.axes = a.shape, _axes(self.axis, a.ndim)
+        self.shape, self.axes = a.shape, axes(self.axis, a.ndim, "sum: dim")
         return a.sum(axis=self.axes, keepdims=self.keepdims)
     def backward(self, gy):  # every summed value receives gy
         xp = get_array_module(gy)
@@ -463,12 +428,36 @@ class Reshape(Function):
     def backward(self, gy): return gy.reshape(self.in_shape)
 
 
-class Transpose(Function):
+class Permute(Function):
     saved_inputs, views = (), True
-    def __init__(self, axes): self.axes = None if axes is None else tuple(axes)
-    def forward(self, a): return a.transpose(self.axes)
+    def __init__(self, dims): self.dims = tuple(dims)
+    def forward(self, a):
+        if sorted(axes(self.dims, a.ndim, "permute: dim")) != list(range(a.ndim)):
+            raise ValueError(f"permute: {self.dims} is not an ordering of the {a.ndim} dimensions")
+        return a.transpose(self.dims)
     def backward(self, gy):  # the inverse permutation
-        return gy.transpose(None if self.axes is None else tuple(np.argsort(self.axes).tolist()))
+        return gy.transpose(tuple(np.argsort(axes(self.dims, gy.ndim)).tolist()))
+
+
+class Extreme(Function):
+    """max or min over ``dim`` (all of them for None). The gradient goes to the
+    chosen entry along ``dim``; over the whole tensor it is shared evenly among
+    tied maxima, as PyTorch's max()."""
+    saved_inputs = ()
+    def __init__(self, which, dim, keepdim):
+        self.which, self.dim, self.keepdim = which, dim, keepdim
+    def forward(self, a):
+        reduce = a.max if self.which == "max" else a.min
+        y = reduce(axis=self.dim, keepdims=True)
+        self.hits, self.kept_shape = a == y, y.shape  # a NaN maximum hits nothing
+        return y if self.keepdim else y.reshape(reduce(axis=self.dim).shape)
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        gy = gy.reshape(self.kept_shape)
+        if self.dim is None:
+            return self.hits * (gy / max(int(self.hits.sum()), 1))
+        first = xp.cumsum(self.hits, axis=self.dim) == 1  # PyTorch's indices: the first hit
+        return (self.hits & first) * gy
 
 
 class GetItem(Function):

@@ -133,7 +133,7 @@ def gradcheck(
             )
     if mode not in ("auto", "elementwise", "jacobian", "directional"):
         raise ValueError(f"gradcheck: unknown mode {mode!r}")
-    n_total = sum(t.size for _, t in checked)
+    n_total = sum(t.numel() for _, t in checked)
     if mode == "auto":
         mode = "elementwise" if n_total <= max_elements else "directional"
 
@@ -243,7 +243,7 @@ def _check_elementwise(fn, inputs, checked, upstream, analytic, eps) -> list[_Mi
     for (name, t), g in zip(checked, analytic):
         _require_contiguous(name, t)
         flat_g = g.reshape(-1)
-        for i in range(t.size):
+        for i in range(t.numel()):
             plus = _perturbed(t, i, eps, lambda: _objective(fn, inputs, upstream))
             minus = _perturbed(t, i, -eps, lambda: _objective(fn, inputs, upstream))
             numeric = (plus - minus) / (2 * eps)
@@ -254,7 +254,7 @@ def _check_elementwise(fn, inputs, checked, upstream, analytic, eps) -> list[_Mi
 
 def _check_jacobian(fn, inputs, checked, reference, eps) -> list[_Mismatch]:
     """Compare the full Jacobian d out[j] / d in[i], entry by entry."""
-    n_out = sum(o.size for o in reference)
+    n_out = sum(o.numel() for o in reference)
     # Analytic rows: one backward per output entry, with a one-hot upstream.
     rows = []
     for j in range(n_out):
@@ -262,8 +262,8 @@ def _check_jacobian(fn, inputs, checked, reference, eps) -> list[_Mismatch]:
         onehot[j] = 1.0
         upstream, start = [], 0
         for o in reference:
-            upstream.append(onehot[start : start + o.size].reshape(o.shape))
-            start += o.size
+            upstream.append(onehot[start : start + o.numel()].reshape(o.shape))
+            start += o.numel()
         rows.append(
             np.concatenate([g.reshape(-1) for g in _analytic(fn, inputs, checked, upstream)])
         )
@@ -277,7 +277,7 @@ def _check_jacobian(fn, inputs, checked, reference, eps) -> list[_Mismatch]:
     mismatches, col = [], 0
     for name, t in checked:
         _require_contiguous(name, t)
-        for i in range(t.size):
+        for i in range(t.numel()):
             plus = _perturbed(t, i, eps, flat_outputs)
             minus = _perturbed(t, i, -eps, flat_outputs)
             numeric = (plus - minus) / (2 * eps)
@@ -293,7 +293,7 @@ def _check_jacobian(fn, inputs, checked, reference, eps) -> list[_Mismatch]:
 def _check_directional(fn, inputs, checked, upstream, analytic, eps, n_directions, rng):
     """<grad, v> against (f(x + eps v) - f(x - eps v)) / (2 eps), v random unit."""
     mismatches = []
-    n_total = sum(t.size for _, t in checked)
+    n_total = sum(t.numel() for _, t in checked)
     for d in range(n_directions):
         # Random signs with magnitudes bounded away from zero (as Chainer
         # does), so that no entry's gradient is left out of the sum.

@@ -143,7 +143,7 @@ def run(device: str = "cpu", seed: int = 0) -> bool:
     print(f"{'case':36}{'mode':>13}{'entries':>10}{'seconds':>9}  result")
     all_passed = True
     for case in cases(device, seed):
-        entries = sum(t.size for t in case.inputs + case.params)
+        entries = sum(t.numel() for t in case.inputs + case.params)
         start = time.perf_counter()
         try:
             gradcheck(case.fn, case.inputs, params=case.params, mode=case.mode, seed=seed)

@@ -124,7 +124,7 @@ def test_float32_and_float64_nets_agree():
         lambda x: x**0.5,
         lambda x: x ** np.float64(3),
         lambda x: x.mean(),
-        lambda x: x.sum(axis=0),
+        lambda x: x.sum(dim=0),
         lambda x: x.exp().log(),
         lambda x: -x,
         lambda x: x @ x.T,

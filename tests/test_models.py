@@ -549,7 +549,7 @@ def test_registry():
 def test_count_parameters():
     model = mr.models.resnet20(num_classes=7)
     total = count_parameters(model)
-    assert total == sum(p.size for p in model.parameters())
+    assert total == sum(p.numel() for p in model.parameters())
     model.fc.requires_grad_(False)
     assert count_parameters(model, trainable_only=True) == total - (64 * 7 + 7)
     assert count_parameters(model) == total

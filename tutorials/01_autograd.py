@@ -319,7 +319,7 @@ v = mr.tensor(rng.standard_normal((2, 4)), requires_grad=True)
 
 
 def f(W, v):
-    return ((v @ W.T).exp() * 0.5 - W.sum(axis=1)).sum()
+    return ((v @ W.T).exp() * 0.5 - W.sum(dim=1)).sum()
 
 
 f(W, v).backward()
@@ -336,7 +336,7 @@ for idx in np.ndindex(W.shape):
 rel = np.abs(W.grad - numeric).max() / np.abs(numeric).max()
 print("autograd dL/dW:\n", W.grad, "\ncentral differences:\n", numeric, "\nmax rel. error:", rel)
 assert rel < 1e-8
-assert mr.gradcheck(lambda W, v: (v @ W.T).exp() * 0.5 - W.sum(axis=1), [W, v])
+assert mr.gradcheck(lambda W, v: (v @ W.T).exp() * 0.5 - W.sum(dim=1), [W, v])
 
 # %% [markdown]
 # A gradient check is only worth something if it fails on a wrong backward.

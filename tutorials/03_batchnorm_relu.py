@@ -115,9 +115,9 @@ axes = (0, 2, 3)  # everything except the channel
 x = mr.tensor(x_np, requires_grad=True)
 gamma = mr.tensor(gamma_np.reshape(1, C, 1, 1), requires_grad=True)
 beta = mr.tensor(beta_np.reshape(1, C, 1, 1), requires_grad=True)
-mu = x.mean(axis=axes, keepdims=True)  # node 1
+mu = x.mean(dim=axes, keepdim=True)  # node 1
 xc = x - mu  # node 2
-v = (xc * xc).mean(axis=axes, keepdims=True)  # node 3
+v = (xc * xc).mean(dim=axes, keepdim=True)  # node 3
 s = (v + eps) ** -0.5  # node 4
 xhat = xc * s  # node 5
 y = gamma * xhat + beta  # node 6

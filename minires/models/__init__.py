@@ -94,7 +94,7 @@ def count_parameters(model: Module, trainable_only: bool = False) -> int:
         raise TypeError(
             f"count_parameters: model must be a minires.nn.Module, got {type(model).__name__}"
         )
-    return int(sum(p.size for p in model.parameters() if p.requires_grad or not trainable_only))
+    return int(sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only))
 
 
 # The model constructors come from _MODELS; these are the rest of the public names.
