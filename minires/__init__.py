@@ -13,7 +13,7 @@ Example::
     (1, 2, 4, 4)
 """
 
-from . import data, functional, models, nn, optim
+from . import data, functional, models, nn, optim, viz
 from .autograd import Function, Tensor, tensor
 from .backends import parallel
 from .backends.parallel import get_num_threads, set_num_threads
@@ -45,4 +45,5 @@ __all__ = [
     "set_grad_enabled",
     "set_num_threads",
     "tensor",
+    "viz",
 ]

@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -325,6 +330,91 @@ for name, model in models.items():
 # and, by NVIDIA's measurements, buys about half a point of ImageNet top-1
 # accuracy: a 1×1 convolution with stride 2 throws away three quarters of its
 # input without looking at it.
+
+# %% [markdown]
+# ## 4.7 The graph of a block: one fork, two gradients summed
+#
+# Autograd records every Function the forward pass calls, and
+# `mr.viz.to_dot(t)` writes down what it recorded behind `t`, as Graphviz dot
+# text: a box per tensor (its name, shape and dtype), an ellipse per Function,
+# edges input → Function → output. In a BasicBlock the input $x$ is read
+# twice, by `conv1` and by the residual add: in the graph it is **one** node
+# with **two** outgoing edges (drawn red), a fork. Backward runs along the
+# edges the other way, so each edge brings a gradient back to $x$, and
+# autograd adds them. With $s = F(x) + x$ the sum before the last ReLU:
+#
+# $$\frac{\partial L}{\partial x} =
+#   \underbrace{\frac{\partial L}{\partial s}}_{\text{shortcut edge, into Add}}
+#   + \underbrace{\Big(\frac{\partial F}{\partial x}\Big)^{\!\top}
+#     \frac{\partial L}{\partial s}}_{\text{branch edge, into conv1}}$$
+#
+# With `show_grad=True` each box that has a `.grad` shows its norm, and each
+# edge out of a fork the norm of what it carries (norms of a sum don't add
+# up; the vectors do, and we check that below). The graph must still be there:
+# `backward()` frees it as it goes unless called with `retain_graph=True`,
+# and `to_dot` raises on a freed graph. `mr.viz.render` draws the picture
+# when Graphviz is installed (the Python package `graphviz` and the `dot`
+# program, see the README); otherwise we print the dot text, which any
+# Graphviz viewer draws.
+
+# %%
+import re
+import tempfile
+from pathlib import Path
+
+from IPython.display import SVG, display
+
+blk = BasicBlock(2, 2).to(np.float64)  # 2 channels: a readable picture
+xv = mr.tensor(rng.standard_normal((2, 2, 5, 5)), requires_grad=True)
+loss = blk(xv).sum()
+loss.backward(retain_graph=True)  # keep the graph, to draw it
+names = {p: n for n, p in blk.named_parameters()} | {xv: "x", loss: "loss"}
+dot = mr.viz.to_dot(loss, show_grad=True, names=names)
+if mr.viz.can_render():
+    with tempfile.TemporaryDirectory() as tmp:
+        svg = mr.viz.render(loss, Path(tmp) / "block.svg", show_grad=True, names=names)
+        display(SVG(filename=str(svg)))
+else:
+    print("Graphviz is not installed here; the dot text:\n")
+    print(dot)
+
+# %% [markdown]
+# The fork, read off the dot text: the node labelled `x` and the Functions
+# its edges go to, with the gradient norm on each edge.
+
+# %%
+x_node = re.search(r'^  (t\d+) \[.*label="x\\n', dot, re.M).group(1)
+fork = re.findall(rf'^  {x_node} -> (f\d+) \[color=red, label="\|g\| = (\S+)"\]', dot, re.M)
+carried = {re.search(rf'^  {f} \[.*label="(\w+)"', dot, re.M).group(1): float(g) for f, g in fork}
+print("x is one node; its edges go to", carried)
+assert sorted(carried) == ["Add", "Conv2dFunction"]  # two consumers: the fork
+
+# %% [markdown]
+# Now the two parts themselves. For $L = \sum \text{relu}(s)$,
+# $\partial L/\partial s$ is 1 where $s > 0$ and 0 elsewhere: that is what
+# the shortcut edge carries, unchanged. The branch edge carries it back
+# through $F$; we get that by running the branch alone on a copy of $x$ and
+# calling backward with $\partial L/\partial s$ as the upstream gradient.
+
+# %%
+x_copy = mr.tensor(xv.data, requires_grad=True)
+branch = blk.bn2(blk.conv2(blk.relu(blk.bn1(blk.conv1(x_copy)))))  # F(x), no shortcut
+g_shortcut = (branch.data + xv.data > 0).astype(np.float64)  # dL/ds
+branch.backward(g_shortcut)
+g_branch = x_copy.grad
+print(f"|shortcut part| = {np.linalg.norm(g_shortcut):.4g}   (the edge into Add)")
+print(f"|branch part|   = {np.linalg.norm(g_branch):.4g}   (the edge into conv1)")
+print(f"|x.grad|        = {np.linalg.norm(xv.grad):.4g}   (their sum, not the sum of norms)")
+print("x.grad == shortcut part + branch part:", np.allclose(xv.grad, g_shortcut + g_branch))
+assert np.allclose(xv.grad, g_shortcut + g_branch, rtol=1e-10, atol=1e-12)
+assert carried["Add"] == float(f"{np.linalg.norm(g_shortcut):.4g}")
+assert carried["Conv2dFunction"] == float(f"{np.linalg.norm(g_branch):.4g}")
+
+# %% [markdown]
+# The "+ x" of the forward pass is a fork in the graph and a "+" in the
+# backward pass: whatever $F$ does to the gradient, the shortcut edge
+# delivers $\partial L/\partial s$ to $x$ untouched. Tutorial 5 follows that
+# through a stack of blocks.
 #
 # ## Summary
 #
@@ -335,6 +425,9 @@ for name, model in models.items():
 #   256×14×14 → 512×7×7 → 512 → 1000.
 # * Parameter counts equal torchvision's to the unit; multiply-adds match
 #   torchvision's (stride on the 3×3) and the paper's (stride on the 1×1).
+# * In the recorded graph the block's input is one node with two outgoing
+#   edges (`mr.viz.to_dot`), and its gradient is the sum of what comes back
+#   along both.
 #
 # **Exercise.** `count_macs(model, size=32)` for the CIFAR nets needs a
 # different stem (no max-pool, 3×3 conv). Adapt it and check that ResNet-56
