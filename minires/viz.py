@@ -175,7 +175,7 @@ def to_dot(
     for source, _, i in edges:
         if i is not None:
             uses[id(source)] = uses.get(id(source), 0) + 1
-    carried = _edge_grads(tensor, functions) if show_grad and tensor.size == 1 else {}
+    carried = _edge_grads(tensor, functions) if show_grad and tensor.numel() == 1 else {}
 
     lines = [
         "digraph minires {",

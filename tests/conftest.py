@@ -56,7 +56,15 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # The packages that tests import with pytest.importorskip, all installed by
 # the `test` extra (pyproject.toml): in CI a missing one fails its tests.
-REQUIRED_IN_CI = ("torch", "nbformat", "jupytext", "nbclient", "ipykernel", "matplotlib")
+REQUIRED_IN_CI = (
+    "torch",
+    "nbformat",
+    "jupytext",
+    "nbclient",
+    "ipykernel",
+    "matplotlib",
+    "graphviz",
+)
 
 _IMPORT_SKIP = re.compile(r"could not import '([\w.]+)'")
 
