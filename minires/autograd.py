@@ -15,14 +15,13 @@ a device's backend, live in functional.py.
 from __future__ import annotations
 
 import weakref
-from collections import namedtuple
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from .backends.device import add_at, device_of, get_array_module, is_array, to_device
-from .backward import record_saved, run_backward
+from .backward import backward, grad, record_saved  # noqa: F401 - mr.autograd.grad
 from .dtypes import as_array, is_lower_kind, result_dtype, same_float_dtype
 from .grad_mode import is_grad_enabled
 from .tensor_methods import TensorMethods, axes, shape_args
@@ -108,46 +107,7 @@ class Tensor(TensorMethods):
         dtype = np.dtype(target)  # raises TypeError for nonsense
         return self if dtype == self.dtype else Cast(dtype)(self)
 
-    def backward(
-        self, gradient: object = None, retain_graph: bool = False, create_graph: bool = False
-    ) -> None:
-        """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf.
-
-        Args:
-            gradient: the upstream gradient, same shape as self. May be omitted
-                only when self has one element (a loss), then it is 1.
-            retain_graph: keep the graph and its saved buffers so backward can
-                be called again; by default they are freed as it goes.
-            create_graph: not supported: minires's backward passes are array
-                code, not recorded, so higher-order gradients are not available.
-        """
-        if create_graph:
-            raise NotImplementedError(
-                "backward(create_graph=True): minires does not record the backward pass, so "
-                "higher-order gradients (Hessian-vector products, gradient penalties) are "
-                "not available"
-            )
-        grad = gradient
-        if not self.requires_grad:
-            raise RuntimeError(
-                "backward(): this tensor does not require grad and has no graph "
-                "(was it computed under no_grad(), or from inputs without requires_grad?)"
-            )
-        if grad is None and self.numel() != 1:
-            raise RuntimeError(
-                f"backward(): grad can be omitted only for a one-element output, "
-                f"got shape {self.shape}; pass grad= of that shape"
-            )
-        xp = get_array_module(self.data)
-        if grad is None:
-            seed = xp.ones_like(self.data)
-        else:
-            seed = xp.array(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
-        if seed.shape != self.shape:
-            raise ValueError(
-                f"backward(): grad must have the output's shape {self.shape}, got {seed.shape}"
-            )
-        run_backward(self, seed, retain_graph)
+    backward = backward  # t.backward(gradient=None, retain_graph=None, create_graph=False)
 
     # Operators and methods: each records one Function (defined below).
     __add__ = lambda self, other: Add()(self, other)
@@ -170,30 +130,11 @@ class Tensor(TensorMethods):
     def sum(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> Tensor:
         return Sum(dim, keepdim)(self)
 
-    def max(self, dim: int | None = None, keepdim: bool = False) -> Tensor | MinMax:
-        """The largest value, or with ``dim`` the (values, indices) along it."""
-        return _extreme(self, "max", dim, keepdim)
-
-    def min(self, dim: int | None = None, keepdim: bool = False) -> Tensor | MinMax:
-        return _extreme(self, "min", dim, keepdim)
-
     def reshape(self, *shape: int | Sequence[int]) -> Tensor:
         return Reshape(shape_args(shape))(self)
 
     def permute(self, *dims: int | Sequence[int]) -> Tensor:
         return Permute(shape_args(dims))(self)
-
-
-MinMax = namedtuple("MinMax", ["values", "indices"])  # as torch.return_types.max
-
-
-def _extreme(t: Tensor, which: str, dim: int | None, keepdim: bool) -> Tensor | MinMax:
-    values = Extreme(which, dim, keepdim)(t)
-    if dim is None:
-        return values
-    xp = get_array_module(t.data)
-    indices = (t.data.argmax if which == "max" else t.data.argmin)(axis=dim)
-    return MinMax(values, Tensor(xp.expand_dims(indices, dim) if keepdim else indices))
 
 
 def tensor(data: object, requires_grad: bool = False, dtype: Any = None) -> Tensor:
@@ -437,27 +378,6 @@ class Permute(Function):
         return a.transpose(self.dims)
     def backward(self, gy):  # the inverse permutation
         return gy.transpose(tuple(np.argsort(axes(self.dims, gy.ndim)).tolist()))
-
-
-class Extreme(Function):
-    """max or min over ``dim`` (all of them for None). The gradient goes to the
-    chosen entry along ``dim``; over the whole tensor it is shared evenly among
-    tied maxima, as PyTorch's max()."""
-    saved_inputs = ()
-    def __init__(self, which, dim, keepdim):
-        self.which, self.dim, self.keepdim = which, dim, keepdim
-    def forward(self, a):
-        reduce = a.max if self.which == "max" else a.min
-        y = reduce(axis=self.dim, keepdims=True)
-        self.hits, self.kept_shape = a == y, y.shape  # a NaN maximum hits nothing
-        return y if self.keepdim else y.reshape(reduce(axis=self.dim).shape)
-    def backward(self, gy):
-        xp = get_array_module(gy)
-        gy = gy.reshape(self.kept_shape)
-        if self.dim is None:
-            return self.hits * (gy / max(int(self.hits.sum()), 1))
-        first = xp.cumsum(self.hits, axis=self.dim) == 1  # PyTorch's indices: the first hit
-        return (self.hits & first) * gy
 
 
 class GetItem(Function):

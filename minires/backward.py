@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .backends.device import get_array_module
-from .grad_mode import is_anomaly_enabled
+from .grad_mode import is_anomaly_enabled, set_grad_enabled
 
 if TYPE_CHECKING:
     from .autograd import Function, Tensor
@@ -71,23 +72,118 @@ def check_saved(fn: Function) -> None:
             )
 
 
-def run_backward(root: Tensor, seed: Array, retain_graph: bool) -> None:
-    """Walk the graph below ``root`` in reverse topological order.
+def _seed(t: Tensor, gradient: object, op: str) -> Array:
+    """The upstream gradient for output ``t``: ``gradient`` as an array of t's
+    shape and dtype, or 1 for a one-element output."""
+    if not t.requires_grad:
+        raise RuntimeError(
+            f"{op}: this tensor does not require grad and has no graph "
+            "(was it computed under no_grad(), or from inputs without requires_grad?)"
+        )
+    xp = get_array_module(t.data)
+    if gradient is None:
+        if t.numel() != 1:
+            raise RuntimeError(
+                f"{op}: the gradient can be omitted only for a one-element output, "
+                f"got shape {t.shape}; pass gradient= of that shape"
+            )
+        return xp.ones_like(t.data)
+    seed = xp.array(getattr(gradient, "data", gradient), dtype=t.dtype)
+    if seed.shape != t.shape:
+        raise ValueError(
+            f"{op}: the gradient must have the output's shape {t.shape}, got {seed.shape}"
+        )
+    return seed
+
+
+def backward(
+    t: Tensor, gradient: object = None, retain_graph: bool | None = None, create_graph: bool = False
+) -> None:
+    """``t.backward()``: accumulate d(t)/d(leaf) into ``leaf.grad`` for every leaf.
+
+    Args:
+        gradient: the upstream gradient, same shape as t. May be omitted
+            only when t has one element (a loss), then it is 1.
+        retain_graph: keep the graph and its saved buffers so backward can be
+            called again; by default they are freed as it goes.
+        create_graph: record the backward pass itself, so that the gradients
+            can be differentiated again (a Hessian-vector product, a gradient
+            penalty). ``leaf.grad`` then holds a Tensor, as in PyTorch, and
+            the graph is kept (``retain_graph`` defaults to True).
+    """
+    seed = _seed(t, gradient, "backward()")
+    retain = create_graph if retain_graph is None else retain_graph
+    run_backward([(t, seed)], retain, create_graph)
+
+
+def grad(
+    outputs: Tensor | Sequence[Tensor],
+    inputs: Tensor | Sequence[Tensor],
+    grad_outputs: object = None,
+    retain_graph: bool | None = None,
+    create_graph: bool = False,
+    allow_unused: bool = False,
+) -> tuple[Tensor | None, ...]:
+    """The gradients of ``outputs`` with respect to ``inputs``, as torch.autograd.grad.
+
+    Returns one Tensor per input and changes no ``.grad``. With
+    ``create_graph=True`` the returned gradients are themselves differentiable:
+    ``grad((g * v).sum(), w)`` of ``g = grad(loss, w, create_graph=True)`` is a
+    Hessian-vector product. An input that the outputs do not depend on is an
+    error, or None with ``allow_unused=True``.
+    """
+    outputs = [outputs] if not isinstance(outputs, (list, tuple)) else list(outputs)
+    inputs = [inputs] if not isinstance(inputs, (list, tuple)) else list(inputs)
+    if grad_outputs is None or not isinstance(grad_outputs, (list, tuple)):
+        grad_outputs = [grad_outputs] * len(outputs)
+    roots = [(y, _seed(y, g, "grad()")) for y, g in zip(outputs, grad_outputs)]
+    captured: dict[int, Any] = {id(x): None for x in inputs}
+    retain = create_graph if retain_graph is None else retain_graph
+    run_backward(roots, retain, create_graph, captured)
+    results = []
+    for i, x in enumerate(inputs):
+        g = captured[id(x)]
+        if g is None and not allow_unused:
+            raise RuntimeError(
+                f"grad(): input {i} (shape {x.shape}) was not used to compute the outputs "
+                "(pass allow_unused=True to get None for it)"
+            )
+        results.append(g if g is None or create_graph else x.new_tensor(g))
+    return tuple(results)
+
+
+def run_backward(
+    roots: list[tuple[Tensor, Array]],
+    retain_graph: bool,
+    create_graph: bool = False,
+    captured: dict[int, Any] | None = None,
+) -> None:
+    """Walk the graph below the roots in reverse topological order.
 
     ``grads`` maps a tensor (by id) to the tensor and the sum of the gradients
     it has received so far. Holding the tensor there keeps it alive until its
     creator has run: the Functions that consumed it may already be released.
     A Function runs only after every Function that consumed its outputs has
     run: those have a larger generation, and the heap pops the largest first.
+
+    With ``create_graph`` the gradients are Tensors and each Function's
+    ``differentiable_backward`` (its backward written with Tensor operations)
+    runs with the graph recorded. With ``captured`` (from ``grad()``), the
+    gradients of the tensors it names are kept there, and no ``.grad`` changes.
     """
-    grads: dict[int, tuple[Tensor, Array]] = {id(root): (root, seed)}
+    with set_grad_enabled(create_graph):
+        _walk(roots, retain_graph, create_graph, captured)
+
+
+def _walk(roots, retain_graph, create_graph, captured) -> None:  # noqa: C901 - one loop, read as one
+    grads: dict[int, tuple[Tensor, Any]] = {}
     order = itertools.count()  # tie-breaker so the heap never compares Functions
     heap: list[tuple[int, int, Function]] = []
     queued: set[int] = set()
     # Memory already handed out as some tensor's .grad, by the id of the array
-    # that owns it: a view (Reshape and Transpose return views of gy) shares
-    # its base's memory, so the check follows .base to the owner.
-    handed_out: set[int] = {id(seed)}
+    # that owns it: a view (Reshape and Permute return views of gy) shares its
+    # base's memory, so the check follows .base to the owner.
+    handed_out: set[int] = set()
 
     def push(fn: Function | None) -> None:
         if fn is not None and id(fn) not in queued:
@@ -99,8 +195,10 @@ def run_backward(root: Tensor, seed: Array, retain_graph: bool) -> None:
             queued.add(id(fn))
             heapq.heappush(heap, (-fn.generation, next(order), fn))
 
-    def own(g: Array) -> Array:
+    def own(g: Any) -> Any:
         """g, or a copy if its memory is already another tensor's .grad."""
+        if create_graph:
+            return g  # a Tensor: never changed in place
         base = g
         while getattr(base, "base", None) is not None:
             base = base.base
@@ -109,21 +207,23 @@ def run_backward(root: Tensor, seed: Array, retain_graph: bool) -> None:
         handed_out.add(id(base))
         return g
 
-    def store(t: Tensor, g: Array) -> None:
+    def store(t: Tensor, g: Any) -> None:
         """Keep g as t's gradient: leaves accumulate into .grad, others into grads."""
+        if captured is not None and id(t) in captured:
+            previous = captured[id(t)]
+            captured[id(t)] = g if previous is None else previous + g
         if t.creator is None:
-            # A leaf: accumulate into .grad out of place (never +=, since g may
-            # be the very array another tensor also received, e.g. from Add).
-            t.grad = own(g) if t.grad is None else t.grad + g
+            if captured is None:
+                # Accumulate into .grad out of place (never +=: g may be the
+                # very array another tensor also received, e.g. from Add).
+                t.grad = own(g) if t.grad is None else t.grad + g
             return
         key = id(t)
         grads[key] = (t, g) if key not in grads else (t, grads[key][1] + g)
         push(t.creator)
 
-    if root.creator is None:
-        store(root, seed)
-        return
-    push(root.creator)
+    for root, seed in roots:
+        store(root, root.new_tensor(seed) if create_graph else seed)
     while heap:
         fn = heapq.heappop(heap)[2]
         check_saved(fn)
@@ -131,10 +231,13 @@ def run_backward(root: Tensor, seed: Array, retain_graph: bool) -> None:
         for ref, (shape, dtype) in zip(fn.outputs, fn.output_meta):
             out = ref()
             g = grads.pop(id(out), (None, None))[1] if out is not None else None
-            if out is not None and out._retain_grad and g is not None:
+            if out is not None and out._retain_grad and g is not None and captured is None:
                 out.grad = own(g) if out.grad is None else out.grad + g
-            gys.append(get_array_module(seed).zeros(shape, dtype=dtype) if g is None else g)
-        gxs = fn.backward(*gys)
+            if g is None:
+                g = get_array_module(roots[0][1]).zeros(shape, dtype=dtype)
+                g = roots[0][0].new_tensor(g) if create_graph else g
+            gys.append(g)
+        gxs = _differentiable_backward(fn, gys) if create_graph else fn.backward(*gys)
         gxs = gxs if isinstance(gxs, tuple) else (gxs,)
         for x, gx, wanted in zip(fn.inputs, gxs, fn.needs_input_grad):
             if wanted and gx is not None:
@@ -146,3 +249,13 @@ def run_backward(root: Tensor, seed: Array, retain_graph: bool) -> None:
                 store(x, gx)
         if not retain_graph:
             fn.release()
+
+
+def _differentiable_backward(fn: Function, gys: list[Tensor]) -> Any:
+    if not hasattr(fn, "differentiable_backward"):
+        raise NotImplementedError(
+            f"create_graph=True: {type(fn).__name__} has no differentiable backward, so "
+            "its gradient cannot be differentiated again (docs/architecture.md lists "
+            "the ops that support higher-order gradients)"
+        )
+    return fn.differentiable_backward(*gys)

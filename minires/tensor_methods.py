@@ -8,6 +8,7 @@ Function of its own and nothing from autograd.py: ``Tensor`` inherits it.
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +32,9 @@ def axes(dim: int | Sequence[int] | None, ndim: int, what: str = "dim") -> tuple
 def shape_args(args: tuple) -> tuple[int, ...]:
     """``f(2, 3)`` and ``f((2, 3))`` alike."""
     return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+
+
+MinMax = namedtuple("MinMax", ["values", "indices"])  # as torch.return_types.max
 
 
 class TensorMethods:
@@ -59,6 +63,33 @@ class TensorMethods:
     def mean(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> Any:
         count = int(np.prod([self.shape[d] for d in axes(dim, self.ndim, "mean: dim")]))
         return self.sum(dim, keepdim) / count
+
+    def max(self, dim: int | None = None, keepdim: bool = False) -> Any:
+        """The largest value, or along ``dim`` the named pair (values, indices)."""
+        return self._extreme("max", dim, keepdim)
+
+    def min(self, dim: int | None = None, keepdim: bool = False) -> Any:
+        """The smallest value, or along ``dim`` the named pair (values, indices)."""
+        return self._extreme("min", dim, keepdim)
+
+    def _extreme(self, which: str, dim: int | None, keepdim: bool) -> Any:
+        """max or min as indexing, so the gradient is GetItem's: it goes to the
+        entries picked. Along ``dim`` that is the first extreme (the index
+        returned); over the whole tensor it is shared evenly among ties, as
+        PyTorch's max() does (a NaN, if any, is the extreme)."""
+        data = self.data
+        if dim is None:
+            best = data.max() if which == "max" else data.min()
+            picked = data != data if best != best else data == best
+            return self[picked].mean()
+        dim = axes(dim, self.ndim, f"{which}: dim")[0]
+        index = data.argmax(axis=dim) if which == "max" else data.argmin(axis=dim)
+        grid = list(np.indices(index.shape, sparse=True))  # every other coordinate
+        grid.insert(dim, index)
+        values = self[tuple(grid)]
+        if keepdim:
+            values, index = values.unsqueeze(dim), np.expand_dims(index, dim)
+        return MinMax(values, self.new_tensor(index.astype(np.int64)))
 
     def argmax(self, dim: int | None = None, keepdim: bool = False) -> Any:
         """Indices (int64) of the largest values; of the flattened tensor without ``dim``."""
