@@ -180,6 +180,11 @@ class Function:
     backward runs, backward raises rather than return a wrong gradient
     (record_saved and check_saved in backward.py). ``saved_outputs`` lists
     the outputs it reads (checked in detect_anomaly).
+
+    ``differentiable_backward(*grad_outputs)``, where a Function has it, is the
+    same backward written with Tensor operations on ``self.inputs``: it is what
+    ``backward(create_graph=True)`` records, so gradients can be differentiated
+    again (a Function without it raises there, naming itself).
     """
 
     generation: int = 0
@@ -243,6 +248,11 @@ def sum_to(g: Array, shape: tuple[int, ...]) -> Array:
     return g.sum(axis=tuple(range(lead)) + tuple(expanded), keepdims=True).reshape(shape)
 
 
+def _sum_to(g: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """sum_to for the recorded backward (create_graph): a Function when it sums."""
+    return g if g.shape == shape else SumTo(shape)(g)
+
+
 # fmt: off
 class Add(Function):
     saved_inputs = ()
@@ -251,6 +261,7 @@ class Add(Function):
         self.shapes = a.shape, b.shape
         return a + b
     def backward(self, gy): return sum_to(gy, self.shapes[0]), sum_to(gy, self.shapes[1])
+    def differentiable_backward(self, gy): return _sum_to(gy, self.shapes[0]), _sum_to(gy, self.shapes[1])  # noqa: E501
 
 
 class Sub(Function):
@@ -260,6 +271,7 @@ class Sub(Function):
         self.shapes = a.shape, b.shape
         return a - b
     def backward(self, gy): return sum_to(gy, self.shapes[0]), sum_to(-gy, self.shapes[1])
+    def differentiable_backward(self, gy): return _sum_to(gy, self.shapes[0]), _sum_to(-gy, self.shapes[1])  # noqa: E501
 
 
 class Mul(Function):
@@ -271,6 +283,9 @@ class Mul(Function):
         ga = sum_to(gy * self.b, self.a.shape) if self.needs_input_grad[0] else None
         gb = sum_to(gy * self.a, self.b.shape) if self.needs_input_grad[1] else None
         return ga, gb
+    def differentiable_backward(self, gy):
+        a, b = self.inputs
+        return _sum_to(gy * b, a.shape), _sum_to(gy * a, b.shape)
 
 
 class Div(Function):
@@ -283,6 +298,9 @@ class Div(Function):
         ga = sum_to(gy / self.b, self.a.shape) if self.needs_input_grad[0] else None
         gb = sum_to(-gy * self.a / (self.b * self.b), self.b.shape) if self.needs_input_grad[1] else None  # noqa: E501
         return ga, gb
+    def differentiable_backward(self, gy):
+        a, b = self.inputs
+        return _sum_to(gy / b, a.shape), _sum_to(-gy * a / (b * b), b.shape)
 
 
 class MatMul(Function):
@@ -300,12 +318,16 @@ class MatMul(Function):
         ga = sum_to(gy @ b.swapaxes(-1, -2), a.shape) if self.needs_input_grad[0] else None
         gb = sum_to(a.swapaxes(-1, -2) @ gy, b.shape) if self.needs_input_grad[1] else None
         return ga, gb
+    def differentiable_backward(self, gy):
+        a, b = self.inputs
+        return _sum_to(gy @ b.transpose(-1, -2), a.shape), _sum_to(a.transpose(-1, -2) @ gy, b.shape)  # noqa: E501
 
 
 class Neg(Function):
     saved_inputs = ()
     def forward(self, a): return -a
     def backward(self, gy): return -gy
+    differentiable_backward = backward
 
 
 class Pow(Function):
@@ -320,6 +342,7 @@ class Pow(Function):
         y = self.a ** self.c  # NumPy: bool ** bool is int8; PyTorch keeps bool
         return y.astype(bool) if isinstance(self.c, bool) and a.dtype.kind == "b" else y
     def backward(self, gy): return gy * (self.c * self.a ** (self.c - 1))
+    def differentiable_backward(self, gy): return gy * (self.c * self.inputs[0] ** (self.c - 1))
 
 
 class RPow(Function):
@@ -331,17 +354,20 @@ class RPow(Function):
         self.c, self.y = c, c ** a
         return self.y
     def backward(self, gy): return None, gy * self.y * get_array_module(gy).log(self.c)
+    def differentiable_backward(self, gy): return None, gy * RPow()(*self.inputs) * self.inputs[0].log()  # noqa: E501
 
 
 class Exp(Function):
     saved_inputs, saved_outputs = (), (0,)  # backward reads the output, not the input
     def forward(self, a): self.y = get_array_module(a).exp(a); return self.y  # noqa: E702
     def backward(self, gy): return gy * self.y
+    def differentiable_backward(self, gy): return gy * self.inputs[0].exp()
 
 
 class Log(Function):
     def forward(self, a): self.a = a; return get_array_module(a).log(a)  # noqa: E702
     def backward(self, gy): return gy / self.a
+    def differentiable_backward(self, gy): return gy / self.inputs[0]
 
 
 class Sum(Function):
@@ -354,6 +380,9 @@ class Sum(Function):
         xp = get_array_module(gy)
         gy = gy if self.keepdims or not self.axes else xp.expand_dims(gy, self.axes)
         return xp.broadcast_to(gy, self.shape).copy()
+    def differentiable_backward(self, gy):
+        kept = tuple(1 if d in self.axes else n for d, n in enumerate(self.shape))
+        return BroadcastTo(self.shape)(gy.reshape(kept))
 
 
 class Reshape(Function):
@@ -367,6 +396,7 @@ class Reshape(Function):
             raise ValueError(f"reshape: cannot reshape a tensor of shape {a.shape} "
                              f"({a.size} elements) into {self.shape}") from None
     def backward(self, gy): return gy.reshape(self.in_shape)
+    differentiable_backward = backward
 
 
 class Permute(Function):
@@ -378,16 +408,46 @@ class Permute(Function):
         return a.transpose(self.dims)
     def backward(self, gy):  # the inverse permutation
         return gy.transpose(tuple(np.argsort(axes(self.dims, gy.ndim)).tolist()))
+    def differentiable_backward(self, gy): return gy.permute(np.argsort(axes(self.dims, gy.ndim)).tolist())  # noqa: E501
 
 
 class GetItem(Function):
     saved_inputs, views = (), True
     def __init__(self, index): self.index = index.data if isinstance(index, Tensor) else index
     def forward(self, a): self.shape, self.dtype = a.shape, a.dtype; return a[self.index]  # noqa: E702, E501
-    def backward(self, gy):
-        g = get_array_module(gy).zeros(self.shape, dtype=self.dtype)
-        add_at(g, self.index, gy)  # a repeated index receives every share
-        return g
+    def backward(self, gy): return IndexAdd(self.shape, self.index).forward(gy)
+    def differentiable_backward(self, gy): return IndexAdd(self.shape, self.index)(gy)
+
+
+class IndexAdd(Function):
+    """GetItem's adjoint: ``g`` added into a zero array of ``shape`` at ``index``."""
+    saved_inputs = ()
+    def __init__(self, shape, index): self.shape, self.index = shape, index
+    def forward(self, g):
+        out = get_array_module(g).zeros(self.shape, dtype=g.dtype)
+        add_at(out, self.index, g)  # a repeated index receives every share
+        return out
+    def backward(self, gy): return gy[self.index]
+    def differentiable_backward(self, gy): return GetItem(self.index)(gy)
+
+
+class SumTo(Function):
+    """sum_to as a Function: a broadcast operand's gradient, recordable."""
+    saved_inputs = ()
+    def __init__(self, shape): self.shape = shape
+    def forward(self, a): self.in_shape = a.shape; return sum_to(a, self.shape)  # noqa: E702
+    def backward(self, gy): return get_array_module(gy).broadcast_to(gy, self.in_shape).copy()
+    def differentiable_backward(self, gy): return BroadcastTo(self.in_shape)(gy)
+
+
+class BroadcastTo(Function):
+    saved_inputs = ()
+    def __init__(self, shape): self.shape = tuple(shape)
+    def forward(self, a):
+        self.in_shape = a.shape
+        return get_array_module(a).broadcast_to(a, self.shape).copy()
+    def backward(self, gy): return sum_to(gy, self.in_shape)
+    def differentiable_backward(self, gy): return SumTo(self.in_shape)(gy)
 
 
 class Cast(Function):
@@ -395,6 +455,7 @@ class Cast(Function):
     def __init__(self, dtype): self.dtype = dtype
     def forward(self, a): self.in_dtype = a.dtype; return a.astype(self.dtype)  # noqa: E702
     def backward(self, gy): return gy.astype(self.in_dtype)
+    def differentiable_backward(self, gy): return gy.to(self.in_dtype)
 
 
 class ToDevice(Function):
@@ -403,4 +464,5 @@ class ToDevice(Function):
     def __init__(self, device): self.device = device
     def forward(self, a): self.from_device = device_of(a); return to_device(a, self.device)  # noqa: E702, E501
     def backward(self, gy): return to_device(gy, self.from_device)
+    def differentiable_backward(self, gy): return gy.to(self.from_device)
 # fmt: on

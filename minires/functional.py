@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .autograd import Function, Tensor, as_tensor
+from .autograd import BroadcastTo, Function, IndexAdd, Tensor, as_tensor
 from .backends import get_backend, set_cpu_backend
 from .backends.device import get_array_module
 from .backends.layout import from_channel_major, is_channel_major, to_channel_major
@@ -134,6 +134,58 @@ class Conv2dFunction(Function):
     def backward(self, gy: Array) -> tuple[Array | None, ...]:
         return self.backend.conv2d_backward(gy, self.saved, self.needs_input_grad)
 
+    def differentiable_backward(self, gy: Tensor) -> tuple[Tensor | None, ...]:
+        """The backward as im2col, two GEMMs and col2im on Tensors, each step a
+        Function whose own backward is known, so create_graph can record it."""
+        x, w = self.inputs[:2]
+        N, C, H, W = x.shape
+        F = w.shape[0]
+        geometry = (*w.shape[2:], *self.stride, *self.padding)
+        col = Im2colFunction(geometry)(x.permute(1, 0, 2, 3))  # (C*kh*kw, N*OH*OW)
+        gy2 = gy.permute(1, 0, 2, 3).reshape(F, -1)  # (F, N*OH*OW)
+        gw = (gy2 @ col.T).reshape(w.shape)
+        gcol = w.reshape(F, -1).T @ gy2
+        gx = Col2imFunction(geometry, (C, N, H, W))(gcol).permute(1, 0, 2, 3)
+        return gx, gw, (gy.sum((0, 2, 3)) if len(self.inputs) > 2 else None)
+
+
+class Im2colFunction(Function):
+    """im2col as a Function: (C, N, H, W) -> (C*kh*kw, N*OH*OW); its adjoint is col2im."""
+
+    saved_inputs = ()
+
+    def __init__(self, geometry: tuple[int, ...]):
+        self.geometry = geometry  # kh, kw, sh, sw, ph, pw
+
+    def forward(self, x: Array) -> Array:
+        self.backend, self.x_shape = get_backend(x), x.shape
+        return self.backend.im2col(x, *self.geometry)
+
+    def backward(self, gcol: Array) -> Array:
+        return self.backend.col2im(gcol, self.x_shape, *self.geometry)
+
+    def differentiable_backward(self, gcol: Tensor) -> Tensor:
+        return Col2imFunction(self.geometry, self.x_shape)(gcol)
+
+
+class Col2imFunction(Function):
+    """col2im as a Function: (C*kh*kw, N*OH*OW) -> (C, N, H, W); its adjoint is im2col."""
+
+    saved_inputs = ()
+
+    def __init__(self, geometry: tuple[int, ...], x_shape: tuple[int, ...]):
+        self.geometry, self.x_shape = geometry, x_shape
+
+    def forward(self, col: Array) -> Array:
+        self.backend = get_backend(col)
+        return self.backend.col2im(col, self.x_shape, *self.geometry)
+
+    def backward(self, gx: Array) -> Array:
+        return self.backend.im2col(get_array_module(gx).ascontiguousarray(gx), *self.geometry)
+
+    def differentiable_backward(self, gx: Tensor) -> Tensor:
+        return Im2colFunction(self.geometry)(gx)
+
 
 def conv2d(
     input: Tensor,
@@ -226,7 +278,7 @@ class BatchNormFunction(Function):
             y2 = x2 * scale[:, None]
             y2 += (beta - self.running_mean * scale)[:, None]
             # xhat is needed only for the gradient of gamma.
-            self.xhat = None
+            self.xhat, self.shift = None, self.running_mean.copy()
             if self.affine and self.needs_input_grad[1]:
                 self.xhat = (x2 - self.running_mean[:, None]) * self.inv_std[:, None]
         self.gamma = gamma
@@ -249,6 +301,27 @@ class BatchNormFunction(Function):
         if not self.affine:
             return gx, None, None
         return gx, ggamma, gbeta
+
+    def differentiable_backward(self, gy: Tensor) -> tuple[Tensor | None, ...]:
+        """The same gradients with Tensor operations on x and gamma; in training
+        the statistics are recomputed from x, since they depend on it too."""
+        x, gamma = self.inputs[:2]
+        dims = (0, *range(2, x.ndim))  # every axis but the channels
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        if self.training:
+            xc = x - x.mean(dims, keepdim=True)
+            inv_std = ((xc * xc).mean(dims, keepdim=True) + self.eps) ** -0.5
+        else:  # the running statistics are constants
+            inv_std = x.new_tensor(self.inv_std.reshape(shape))
+            xc = x - x.new_tensor(self.shift.reshape(shape))
+        xhat = xc * inv_std
+        gbeta, ggamma = gy.sum(dims), (gy * xhat).sum(dims)
+        gx = gy * gamma.reshape(shape) * inv_std
+        if self.training:  # the gradient through the batch mean and variance
+            M = x.numel() // x.shape[1]
+            through_stats = gbeta.reshape(shape) + xhat * ggamma.reshape(shape)
+            gx = gx - gamma.reshape(shape) * inv_std * through_stats / M
+        return (gx, ggamma, gbeta) if self.affine else (gx, None, None)
 
 
 def batch_norm(
@@ -318,6 +391,9 @@ class ReLUFunction(Function):
     def backward(self, gy: Array) -> Array:
         return self.backend.relu_backward(gy, self.y)
 
+    def differentiable_backward(self, gy: Tensor) -> Tensor:
+        return gy * gy.new_tensor((self.y > 0).astype(self.y.dtype))
+
 
 def relu(input: Tensor) -> Tensor:
     """max(input, 0) elementwise, in the input's memory layout."""
@@ -384,6 +460,21 @@ class MaxPool2dFunction(_Pool2dFunction):
 
     def unpool(self, g: Array) -> Array:
         return self.backend.max_pool_backward(g, self.argmax, self.plane_shape, *self.args)
+
+    def differentiable_backward(self, gy: Tensor) -> Tensor:
+        """Each window's gradient added at its winner: IndexAdd at the winners'
+        (n, c, row, column), whose own backward picks them out again."""
+        xp = get_array_module(self.argmax)
+        kh, kw, sh, sw, ph, pw = self.args
+        N, C = gy.shape[:2]
+        planes = (
+            self.argmax.reshape(C, N, *self.argmax.shape[1:]).swapaxes(0, 1)
+            if self.channel_major
+            else self.argmax.reshape(N, C, *self.argmax.shape[1:])
+        )  # noqa: E501
+        n, c, oh, ow = xp.indices(planes.shape, sparse=True)
+        rows, cols = oh * sh + planes // kw - ph, ow * sw + planes % kw - pw
+        return IndexAdd(self.inputs[0].shape, (n, c, rows, cols))(gy)
 
 
 class AvgPool2dFunction(_Pool2dFunction):
@@ -454,6 +545,9 @@ class GlobalAvgPoolFunction(Function):
         xp = get_array_module(gy)
         return xp.broadcast_to(gy / (H * W), self.shape).copy()
 
+    def differentiable_backward(self, gy: Tensor) -> Tensor:
+        return BroadcastTo(self.shape)(gy / (self.shape[2] * self.shape[3]))
+
 
 def adaptive_avg_pool2d(input: Tensor, output_size: int | Sequence[int]) -> Tensor:
     """Average-pool (N, C, H, W) down to (N, C, oh, ow).
@@ -503,6 +597,10 @@ class LinearFunction(Function):
             gb = gy.sum(axis=0)
         return gx, gw, gb
 
+    def differentiable_backward(self, gy: Tensor) -> tuple[Tensor | None, ...]:
+        x, w = self.inputs[:2]
+        return gy @ w, gy.T @ x, (gy.sum(0) if len(self.inputs) == 3 else None)
+
 
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """Fully connected layer: (N, in) -> (N, out) with weight (out, in)."""
@@ -549,6 +647,18 @@ class CrossEntropyFunction(Function):
         if self.shape[0] == 0:
             return get_array_module(gloss).zeros(self.shape, dtype=gloss.dtype)
         return self.backend.cross_entropy_backward(self.probs, self.labels, gloss)
+
+    def differentiable_backward(self, gloss: Tensor) -> Tensor:
+        """(softmax(logits) - onehot(labels)) * gloss / N, the softmax recomputed
+        from the logits Tensor (its shift by the row maximum is a constant)."""
+        logits = self.inputs[0]
+        xp = get_array_module(logits.data)
+        e = (logits - logits.new_tensor(logits.data.max(axis=1, keepdims=True))).exp()
+        onehot = xp.zeros(logits.shape, dtype=logits.dtype)
+        onehot[xp.arange(logits.shape[0]), self.labels] = 1
+        return (e / e.sum(1, keepdim=True) - logits.new_tensor(onehot)) * (
+            gloss / max(logits.shape[0], 1)
+        )  # noqa: E501
 
 
 def cross_entropy(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from .. import nn
-from ..autograd import Function, Tensor
+from ..autograd import Function, IndexAdd, Tensor
 from ..backends import get_array_module
 from ..functional import from_channel_major
 
@@ -194,6 +194,12 @@ class SubsamplePadFunction(Function):
         gx = from_channel_major(xp.zeros((C, N, H, W), dtype=gy.dtype))
         gx[:, :, ::s, ::s] = gy[:, :C]
         return gx
+
+    def differentiable_backward(self, gy: Tensor) -> Tensor:
+        s, C = self.stride, self.in_shape[1]
+        return IndexAdd(
+            self.in_shape, (slice(None), slice(None), slice(None, None, s), slice(None, None, s))
+        )(gy[:, :C])  # noqa: E501
 
 
 def shortcut_a(x: Tensor, out_channels: int, stride: int = 2) -> Tensor:
