@@ -215,27 +215,24 @@ def _check_optimizer(found: Any, template: dict[str, Any], params: list[Any], pa
             expect_like(buf, np.empty(p.shape, p.dtype), f"{where}.{name}", path)
 
 
-def check_resume_state(
-    saved: dict[str, Any],
-    template: dict[str, Any],
-    cfg: TrainConfig,
-    opt: Any,
-    steps_per_epoch: int,
-    path: str | Path,
-) -> None:
-    """Raise Damaged unless `saved` can continue the run whose fresh state is `template`.
+def check_resume_state(saved: dict[str, Any], trainer: Any) -> None:
+    """Raise Damaged unless `saved` can continue the run that `trainer` has set up.
 
     `saved` has passed `load_run_checkpoint` (config, model and data present,
-    config valid); `cfg` is the run's config; `opt` its optimiser.
+    config valid). `trainer` is the Trainer, built but not yet restored: its
+    ``_state()`` is the template, and its model, optimiser, loader and data
+    say how many parameters, batches and channels there are.
     """
-    params = [p for group in opt.param_groups for p in group["params"]]
+    template, cfg, path = trainer._state(), trainer.cfg, trainer.ckpt_path
+    params = [p for group in trainer.opt.param_groups for p in group["params"]]
+    steps_per_epoch = len(trainer.train_loader)
+    channels = trainer.data.train_images.shape[1]
     missing = [k for k in template if k not in saved]
     if missing:
         raise Damaged(path, missing[0], f"missing (a run's checkpoint holds {', '.join(template)})")
     _check_optimizer(saved["optimizer"], template["optimizer"], params, path)
     for section in ("scheduler", "loader", "rng", "run"):
         expect_like(saved[section], template[section], section, path)
-    channels = len(template["data"]["mean"])
     check_data(saved["data"], path, channels)
     run, loader = saved["run"], saved["loader"]
     _expect_range(run["epoch"], 0, cfg.epochs, "run.epoch", path)

@@ -158,8 +158,7 @@ class Trainer:
 
     def _resume(self, saved: dict[str, Any]) -> None:
         """Check the checkpoint against this run's fresh state, then restore it."""
-        steps = len(self.train_loader)
-        check_resume_state(saved, self._state(), self.cfg, self.opt, steps, self.ckpt_path)
+        check_resume_state(saved, self)
         try:  # should the checks above miss something, still one line, no traceback
             self._restore(saved)
         except RESTORE_ERRORS as e:
