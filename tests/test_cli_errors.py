@@ -100,6 +100,7 @@ RESUME_CASES = {
     "no run": (_drop("run"), "run: missing"),
     "no history": (_drop("history"), "history: missing"),
     "no data": (_drop("data"), "is not a training checkpoint (no data)"),
+    "data not a dict": (_set(["data"], [1]), "data: expected a dict, found a list of 1"),
     # Another model's optimiser state (resnet32's 95 parameters for resnet20's 59).
     "resnet32's optimizer": (
         _other_optimizer,
@@ -198,6 +199,7 @@ def test_resume_from_a_damaged_checkpoint(capsys, runs, tmp_path, case):
 
 EVAL_CASES = [
     "no data",
+    "data not a dict",
     "config not a dict",
     "epochs a string",
     "epoch count a bool",
