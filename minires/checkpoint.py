@@ -30,7 +30,12 @@ name in the same folder, flushed and fsync'ed to the disk, and only then
 renamed over the old one with ``os.replace``, which the operating system
 performs as one step: a reader sees the old complete file or the new complete
 file, never a mixture. (The temporary file must be in the same folder: a
-rename across file systems is a copy, and a copy is not atomic.)
+rename across file systems is a copy, and a copy is not atomic.) The
+temporary file is created the way ``open(path, "wb")`` creates a file, mode
+0o666 less the umask, so the result has the permissions any other new file
+would have. A process killed in the middle (kill -9, a power cut) leaves its
+temporary file behind, named ``.<name>.<8 characters>.tmp``;
+``remove_stale_temp_files`` removes such leftovers.
 """
 
 from __future__ import annotations
@@ -38,11 +43,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import secrets
 import struct
-import tempfile
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +150,28 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# A temporary file of atomic_write: "." + the file's name + 8 random
+# characters + ".tmp". (Also matches the names that tempfile.mkstemp gave
+# before minires created them itself: 8 characters of [a-z0-9_].)
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """Create a new, empty temporary file next to `path`: (file descriptor, its path).
+
+    os.open with mode 0o666 lets the operating system apply the umask, as for
+    any new file (tempfile.mkstemp would make it 0o600 whatever the umask).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:  # 1 in 4 billion: draw another name
+            continue
+    raise FileExistsError(f"no free temporary name next to {str(path)!r}")
+
+
 def atomic_write(path: str | Path, write: Any) -> None:
     """Call ``write(f)`` on a temporary binary file next to `path`, then rename it to `path`.
 
@@ -151,8 +179,7 @@ def atomic_write(path: str | Path, write: Any) -> None:
     file already at `path` is left exactly as it was.
     """
     path = Path(path)
-    folder = path.parent
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -163,7 +190,23 @@ def atomic_write(path: str | Path, write: Any) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(folder)
+    _fsync_dir(path.parent)
+
+
+def remove_stale_temp_files(folder: str | Path, names: Sequence[str]) -> list[Path]:
+    """Remove the temporary files that atomic_write left in `folder` for the files `names`.
+
+    Only a process that died while writing leaves one (an interrupted write
+    removes its own), so call this when no other process writes there.
+    Other files, however named, are not touched. Returns the removed paths.
+    """
+    removed = []
+    for entry in Path(folder).iterdir():
+        match = _TEMP_NAME.fullmatch(entry.name)
+        if match and match["name"] in names and entry.is_file() and not entry.is_symlink():
+            entry.unlink()
+            removed.append(entry)
+    return removed
 
 
 def save_checkpoint(path: str | Path, tree: Mapping[str, Any]) -> None:
@@ -220,6 +263,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         meta = json.loads(arrays.pop(_META).tobytes().decode("utf-8"))
     except CheckpointError:
         raise
+    except MemoryError as e:  # a header that claims an enormous array
+        raise CheckpointError(
+            f"{str(path)!r} holds an array too large for this machine's memory "
+            f"(corrupt, or not meant for it): {e}"
+        ) from None
     except _READ_ERRORS as e:
         raise CheckpointError(
             f"{str(path)!r} is not a readable checkpoint (truncated or corrupt?): {e}"

@@ -8,10 +8,13 @@
     minires gradcheck                              check every op's backward, float64
     minires bench --model resnet20                 time a training step (vs PyTorch)
 
-Exit status: 0 done; 1 training diverged (NaN/inf loss) or a gradient check
-failed; 2 a usage error or a problem with the input (the message says which);
-130 stopped by Ctrl-C (143 by SIGTERM), after saving a checkpoint. User errors
-print one line, ``minires: error: ...``, never a Python traceback.
+Exit status (EXIT_STATUS below, also in ``minires --help``): 0 done; 1
+training diverged or a gradient check failed; 2 a usage error, or a file
+problem: an option out of range, a checkpoint or data set that is missing,
+damaged or does not fit, an output that cannot be written; 130 stopped by
+Ctrl-C (143 by SIGTERM). Every error the user can fix prints one line,
+``minires: error: ...``, that names the option or file, and never a Python
+traceback.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from .train import (
     NUMBER_OPTIONS,
     PLOT_FILE,
     SCHEDULES,
+    OutputError,
     TrainConfig,
     Trainer,
     TrainingDiverged,
@@ -47,6 +51,18 @@ from .train import (
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # EXIT_FAILED: diverged, or a gradcheck failed
+
+EXIT_STATUS = """\
+exit status:
+  0    done
+  1    training diverged (NaN or infinite loss), or a gradient check failed
+  2    a usage error or a file problem: a bad or out-of-range option; a
+       checkpoint or data set that is missing, damaged or does not fit; an
+       output (run folder, checkpoint, metrics.jsonl, config.json, curves.png)
+       that cannot be written. One line on stderr says which.
+  130  stopped by Ctrl-C (143: by SIGTERM); the message says which checkpoint,
+       if any, a --resume continues from
+"""
 
 # The train options that are part of TrainConfig (parsed with default None, so
 # that "not given" can be told apart from "given with the default value").
@@ -62,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minires",
         description="minires: a from-scratch deep-learning framework for residual networks.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"minires {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -80,6 +98,8 @@ def _add_train(sub: Any) -> None:
         "(digits: resnet20, 20 epochs, batch 64; cifar10: He et al.'s recipe, 164 epochs; "
         "procedural: 10 epochs on 10,000 images). With --resume, options not given "
         "take the run's saved values.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t.add_argument("--model", metavar="NAME", help="a name from `minires models` (resnet20)")
     t.add_argument("--data", choices=DATASETS, help="data set (digits)")
@@ -132,6 +152,8 @@ def _add_eval(sub: Any) -> None:
         help="test loss and accuracy of a checkpoint",
         description="Evaluate a checkpoint on the test split of the data set it was "
         "trained on (or of --data).",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument(
         "--checkpoint", required=True, metavar="PATH", help="a checkpoint file or a run folder"
@@ -204,30 +226,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = TrainConfig.for_data(data, **given)
         out = Path(args.out) if args.out is not None else default_out_dir(cfg)
         trainer = Trainer(cfg, out, progress=args.progress)
-    result = trainer.run()
+    resume_cmd = shlex.join(["minires", "train", "--out", str(trainer.out_dir), "--resume"])
+    try:
+        result = trainer.run()
+    except OutputError as e:  # say what is safe on disk, and how to go on
+        kept = trainer.folder.describe_checkpoint()
+        if kept is None:
+            raise UserError(f"{e}; no checkpoint was saved") from None
+        raise UserError(f"{e}; {kept} is intact: continue with {resume_cmd}") from None
     out = result.out_dir
-    resume_cmd = shlex.join(["minires", "train", "--out", str(out), "--resume"])
-
-    _draw_curves(result.history, out / PLOT_FILE, f"{trainer.cfg.model} on {trainer.cfg.data}")
-    if result.status == "aborted":
-        print(
-            f"aborted. The last checkpoint (epoch {result.epoch}) in {out}/ is intact; "
-            f"continue with: {resume_cmd}",
-            file=sys.stderr,
-        )
-        return 128 + int(signal.SIGINT)
-    if result.status == "interrupted":
-        name = signal.Signals(result.signal or signal.SIGINT).name
-        where = f"epoch {result.epoch}"
-        if trainer.train_loader.batch:
-            where = f"epoch {result.epoch + 1}, batch {trainer.train_loader.batch}"
-        print(
-            f"stopped by {name} at {where}; checkpoint saved in {out / CHECKPOINT_FILE}\n"
-            f"continue with: {resume_cmd}",
-            file=sys.stderr,
-        )
+    title = f"{trainer.cfg.model} on {trainer.cfg.data}"
+    plot_error = _draw_curves(result.history, out / PLOT_FILE, title)
+    if result.status in ("aborted", "interrupted"):
+        print(_stop_message(result, trainer, resume_cmd), file=sys.stderr)
+        if plot_error:
+            print(f"minires: error: {plot_error}", file=sys.stderr)
         return 128 + int(result.signal or signal.SIGINT)
-
     if result.history:
         last = result.history[-1]
         best = max(result.history, key=lambda r: r["test_acc"])
@@ -245,15 +259,43 @@ def cmd_train(args: argparse.Namespace) -> int:
         (PLOT_FILE, "loss and accuracy curves"),
     ]
     for name, what in files:
-        if (out / name).exists():
+        if (out / name).is_file():
             print(f"  {name:<16} {what}")
+    if plot_error:
+        raise OutputError(f"{plot_error} (the run itself finished; its other files are saved)")
     return EXIT_OK
 
 
-def _draw_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Plot if there is something to plot and matplotlib is installed; never fail the run."""
+def _stop_message(result: Any, trainer: Trainer, resume_cmd: str) -> str:
+    """What a stopped run tells the user: where it stopped, and what a resume continues from."""
+    name = signal.Signals(result.signal or signal.SIGINT).name
+    where = f"epoch {result.epoch + 1}"
+    if trainer.train_loader.batch:
+        where += f", batch {trainer.train_loader.batch}"
+    if result.status == "interrupted":
+        return (
+            f"stopped by {name} at {where}; checkpoint saved in {result.checkpoint}\n"
+            f"continue with: {resume_cmd}"
+        )
+    # Aborted (a second Ctrl-C): nothing was saved now; say what is on disk, if anything.
+    if result.checkpoint is None:
+        return (
+            f"aborted in {where}, before any checkpoint was saved: there is nothing "
+            f"to resume in {result.out_dir}/; start the run again to train it"
+        )
+    return (
+        f"aborted in {where}, without saving it. The last checkpoint, {result.checkpoint}, "
+        f"is intact; continue with: {resume_cmd}"
+    )
+
+
+def _draw_curves(history: list[dict[str, Any]], path: Path, title: str) -> str | None:
+    """Plot if there is something to plot and matplotlib is installed.
+
+    Returns the error if the file cannot be written (an OSError), else None.
+    """
     if not history:
-        return
+        return None
     from . import plots
 
     if not plots.matplotlib_available():
@@ -262,11 +304,14 @@ def _draw_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
             "(pip install matplotlib); the numbers are in metrics.jsonl",
             file=sys.stderr,
         )
-        return
+        return None
     try:
         plots.plot_curves(history, path, title)
+    except OSError as e:
+        return f"cannot write {str(path)!r}: {e.strerror or e}"
     except Exception as e:  # a plot is a convenience: report, do not lose the run's status
         print(f"note: could not draw {path}: {e}", file=sys.stderr)
+    return None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -337,6 +382,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- #
 
 
+def _print_error(error: Exception) -> None:
+    """One line on stderr, whatever the message holds."""
+    print(f"minires: error: {' '.join(str(error).splitlines())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line `argv` (default: sys.argv[1:]) and return the exit status."""
     parser = build_parser()
@@ -353,10 +403,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse: --help, --version, or a usage error (already printed)
         return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_USAGE)
     except (UserError, CheckpointError, DataError) as e:
-        print(f"minires: error: {e}", file=sys.stderr)
+        _print_error(e)
         return EXIT_USAGE
     except TrainingDiverged as e:
-        print(f"minires: error: {e}", file=sys.stderr)
+        _print_error(e)
         return EXIT_FAILED
     except KeyboardInterrupt:  # outside the training loop (which handles its own)
         print("minires: interrupted", file=sys.stderr)

@@ -50,6 +50,8 @@ class NumberOption:
 
 POSITIVE_INT = NumberOption(int, "a positive integer", lambda v: v >= 1)
 NONNEGATIVE_INT = NumberOption(int, "an integer >= 0", lambda v: v >= 0)
+# NumPy's global generator (np.random.seed) takes seeds below 2**32 only.
+SEED = NumberOption(int, "an integer in [0, 2**32)", lambda v: 0 <= v < 2**32)
 # (NaN fails every comparison, so these refuse it as well as the infinities.)
 POSITIVE_FLOAT = NumberOption(float, "a positive number", lambda v: 0 < v < math.inf)
 NONNEGATIVE_FLOAT = NumberOption(float, "a number >= 0", lambda v: 0 <= v < math.inf)

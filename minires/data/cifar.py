@@ -146,6 +146,8 @@ def _unpickle(path: Path):
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DatasetNotFoundError(f"load_cifar10: {str(path)!r} does not exist") from None
+    except OSError as e:  # no permission, an I/O error, a folder in its place
+        raise DataError(f"load_cifar10: cannot read {str(path)!r}: {e.strerror or e}") from None
     try:
         # The files were pickled by Python 2: encoding="bytes" keeps the keys
         # as byte strings (b"data") instead of failing to decode them.

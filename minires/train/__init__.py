@@ -14,9 +14,10 @@ One module a job, in the order a reader meets them:
     metrics.py     an epoch's running sums and its line of metrics.jsonl
     evaluate.py    test loss and accuracy of a model or of a checkpoint
     run_folder.py  the files of a run: checkpoint, metrics.jsonl, config.json
+    saved_state.py the checks a checkpoint passes before anything is taken from it
     progress.py    the progress bar (or text lines)
     signals.py     Ctrl-C and kill: stop after the current step
-    errors.py      UserError, TrainingDiverged, and the check that a device works
+    errors.py      UserError, OutputError, TrainingDiverged, and the device check
 
 Around the textbook loop sits what makes a run trustworthy:
 
@@ -37,8 +38,9 @@ Around the textbook loop sits what makes a run trustworthy:
 * A NaN or infinite loss stops the run before the bad step is applied and
   before anything is saved, so the last good checkpoint stays as it was.
 
-Errors a user can fix (a bad option, a missing data set, a wrong checkpoint)
-are raised as ``UserError`` with a message meant to be printed as is.
+Errors a user can fix (a bad option, a missing data set, a damaged or wrong
+checkpoint, an output that cannot be written) are raised as ``UserError``
+with a one-line message meant to be printed as is.
 """
 
 from .build import build_model, build_optimizer, input_channels, load_model_state
@@ -52,7 +54,7 @@ from .config import (
     resolve_resume_config,
 )
 from .datasets import Data, RepeatChannels, load_data, make_loaders, make_transforms
-from .errors import TrainingDiverged, UserError, check_device
+from .errors import OutputError, TrainingDiverged, UserError, check_device
 from .evaluate import evaluate, evaluate_checkpoint
 from .metrics import EpochSums
 from .progress import Progress
@@ -75,6 +77,7 @@ __all__ = [
     "METRICS_FILE",
     "NUMBER_OPTIONS",
     "NUM_CLASSES",
+    "OutputError",
     "PLOT_FILE",
     "SCHEDULES",
     "Data",

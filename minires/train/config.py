@@ -20,6 +20,7 @@ from ..options import (
     NONNEGATIVE_INT,
     POSITIVE_FLOAT,
     POSITIVE_INT,
+    SEED,
     NumberOption,
 )
 from .errors import UserError
@@ -62,7 +63,7 @@ NUMBER_OPTIONS: dict[str, NumberOption] = {
     "batch_size": POSITIVE_INT,
     "num_train": POSITIVE_INT,
     "num_test": POSITIVE_INT,
-    "seed": NONNEGATIVE_INT,
+    "seed": SEED,
     "lr": POSITIVE_FLOAT,
     "momentum": FRACTION,
     "weight_decay": NONNEGATIVE_FLOAT,

@@ -2,6 +2,7 @@
 
 ``UserError``: something the user can fix (a bad option, a missing data set, a
 wrong checkpoint, no GPU); the command line prints its message as one line.
+``OutputError``: a UserError for a file of the run that cannot be written.
 ``TrainingDiverged``: the loss became NaN or infinite.
 """
 
@@ -12,6 +13,10 @@ from ..backends.device import DEVICES
 
 class UserError(Exception):
     """A problem the user can fix; its message is printed without a traceback."""
+
+
+class OutputError(UserError):
+    """A file of the run folder could not be written (the message names it and why)."""
 
 
 class TrainingDiverged(Exception):

@@ -16,6 +16,7 @@ from .config import TrainConfig
 from .datasets import load_data, make_transforms
 from .errors import check_device
 from .run_folder import load_run_checkpoint
+from .saved_state import check_data
 from .step import count_correct
 
 
@@ -66,6 +67,8 @@ def evaluate_checkpoint(
     check_device(device)
     stats = (saved["data"]["mean"], saved["data"]["std"]) if same_data else None
     ds = load_data(cfg, stats)
+    if same_data:  # the saved statistics must fit the images: one per channel
+        check_data(saved["data"], path, channels=ds.train_images.shape[1])
     model = build_model(cfg.model, int(saved["data"]["num_classes"]))
     load_model_state(model, saved["model"], f"the checkpoint {str(path)!r}")
     _, test_tf = make_transforms(cfg, ds, input_channels(model))

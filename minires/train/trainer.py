@@ -30,6 +30,7 @@ from .evaluate import evaluate
 from .metrics import EpochSums
 from .progress import Progress
 from .run_folder import CHECKPOINT_FILE, RunFolder
+from .saved_state import RESTORE_ERRORS, Damaged, check_resume_state
 from .signals import deferred_signals, say
 from .step import StepResult, train_step
 
@@ -41,6 +42,7 @@ class RunResult:
     history: list[dict[str, Any]]
     epoch: int  # epochs completed
     signal: int | None = None  # the signal that stopped the run, if any
+    checkpoint: str | None = None  # the checkpoint on disk at the end (RunFolder.describe_...)
 
 
 class Trainer:
@@ -106,7 +108,8 @@ class Trainer:
     def _setup(self) -> None:
         cfg = self.cfg
         check_device(cfg.device)
-        self.folder.prepare()
+        for stale in self.folder.prepare():
+            self.log(f"removed {stale.name}, left by a run killed while writing")
         saved = self.saved
         stats = (saved["data"]["mean"], saved["data"]["std"]) if saved else None
         self.data = load_data(cfg, stats)
@@ -125,7 +128,7 @@ class Trainer:
         self.sums = EpochSums()
         self.train_time = 0.0  # seconds spent in training steps, over all sessions
         if saved is not None:
-            self._restore(saved)
+            self._resume(saved)
 
     def _state(self) -> dict[str, Any]:
         """Everything the rest of the run depends on: what the checkpoint holds."""
@@ -152,6 +155,15 @@ class Trainer:
             },
             "history": self.history,
         }
+
+    def _resume(self, saved: dict[str, Any]) -> None:
+        """Check the checkpoint against this run's fresh state, then restore it."""
+        check_resume_state(saved, self)
+        try:  # should the checks above miss something, still one line, no traceback
+            self._restore(saved)
+        except RESTORE_ERRORS as e:
+            raise Damaged(self.ckpt_path, "restoring it", f"{type(e).__name__}: {e}") from None
+        self.folder.note_checkpoint(saved)
 
     def _restore(self, saved: dict[str, Any]) -> None:
         """The inverse of ``_state``: continue exactly where the checkpoint was taken."""
@@ -189,7 +201,8 @@ class Trainer:
                 status = "aborted"
         if status == "finished" and self.saved and self.saved["run"].get("finished"):
             self.log(f"the run in {self.out_dir}/ had already finished ({self.cfg.epochs} epochs)")
-        return RunResult(status, self.out_dir, self.history, self.epoch, self._stop_signal)
+        kept = self.folder.describe_checkpoint()
+        return RunResult(status, self.out_dir, self.history, self.epoch, self._stop_signal, kept)
 
     def _log_start(self) -> None:
         cfg = self.cfg
@@ -252,10 +265,11 @@ class Trainer:
         )
 
     def _diverged(self, what: str) -> TrainingDiverged:
-        if self.ckpt_path.exists():
-            kept = f"the last good checkpoint is intact: {self.ckpt_path} (epoch {self.epoch})"
+        saved = self.folder.describe_checkpoint()
+        if saved is not None:
+            kept = f"the last good checkpoint is intact: {saved}"
         else:
-            kept = "no epoch had completed, so there is no checkpoint"
+            kept = "no checkpoint had been saved"
         return TrainingDiverged(
             f"{what} (lr {self.opt.param_groups[0]['lr']:.4g}). Stopped without saving; "
             f"{kept}. Try a smaller --lr or --warmup-epochs."
