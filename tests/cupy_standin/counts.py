@@ -55,17 +55,31 @@ def _short(filename: str) -> str:
         return path.name
 
 
-def site() -> str:
-    """``file:function`` of the first frame outside the stand-in (and outside NumPy)."""
-    frame = sys._getframe(1)
+def _outside(frame: Any) -> Any:
+    """The first frame from ``frame`` outwards that is neither the stand-in's nor NumPy's."""
     while frame is not None and (
         frame.f_code.co_filename.startswith(_PACKAGE) or "/numpy/" in frame.f_code.co_filename
     ):
         frame = frame.f_back
-    if frame is None:
-        return "?"
+    return frame
+
+
+def _name(frame: Any) -> str:
     code = frame.f_code
     return f"{_short(code.co_filename)}:{getattr(code, 'co_qualname', code.co_name)}"
+
+
+def site() -> str:
+    """Who asked: ``file:function < calling file:function``, outside the stand-in.
+
+    Two frames, because the first is often a helper (``_launch``,
+    ``to_channel_major``) and its caller says which op it worked for.
+    """
+    frame = _outside(sys._getframe(1))
+    if frame is None:
+        return "?"
+    caller = _outside(frame.f_back)
+    return _name(frame) + ("" if caller is None else f" < {_name(caller)}")
 
 
 @dataclass
