@@ -22,10 +22,12 @@ Sections:
     resnet20: three SGD steps with momentum, then eval mode
     the command line: train, checkpoint, --resume, eval
     the census script
+    the GPU test files themselves (every test marked gpu), run on the stand-in
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -35,6 +37,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cupy_standin  # noqa: E402
+import test_cuda_backend_gpu  # noqa: E402
+import test_gpu_end_to_end  # noqa: E402
 from conftest import kink_free  # noqa: E402
 from cuda_harness import harness  # noqa: E402
 from cuda_harness.cases import DTYPES, BackendChecks, Device  # noqa: E402
@@ -503,10 +507,8 @@ def test_census_counts_depend_on_the_structure_only(compiled, capsys):
 
     runs = []
     for batch, size in ((2, 8), (3, 12)):
-        assert (
-            gpu_census.main(["--model", "resnet20", "--batch", str(batch), "--size", str(size)])
-            == 0
-        )
+        argv = ["--model", "resnet20", "--batch", str(batch), "--size", str(size)]
+        assert gpu_census.main(argv) == 0
         output = capsys.readouterr().out
         assert "host syncs" in output and "layout copies" in output
         runs.append(json.loads(output.strip().splitlines()[-1]))
@@ -519,9 +521,6 @@ def test_census_counts_depend_on_the_structure_only(compiled, capsys):
 # --------------------------------------------------------------------------
 # The GPU test files themselves, run on the stand-in
 # --------------------------------------------------------------------------
-
-import test_cuda_backend_gpu  # noqa: E402
-import test_gpu_end_to_end  # noqa: E402
 
 # A test of the GPU files that cannot pass on any device, found by running
 # them here; strict, so that fixing it makes this list say so.
@@ -571,11 +570,14 @@ def gpu_tests() -> list:
     return cases
 
 
+def test_every_gpu_test_is_collected():
+    names = {p.values[0].__name__ for p in gpu_tests()}
+    assert len(names) >= 14 and "test_resnet20_training_step_matches_the_cpu" in names
+
+
 @pytest.mark.parametrize("test, kwargs", gpu_tests())
 def test_the_gpu_tests_pass_on_the_standin(gpu, test, kwargs):
     """The GPU tests never run without a GPU: run here, their own code is tested too."""
-    import inspect
-
     if "checks" in inspect.signature(test).parameters:
         kwargs = {
             **kwargs,

@@ -16,6 +16,11 @@ behaves like CuPy's where minires can see it:
 * ``flags`` has CuPy's three flags (c_contiguous, f_contiguous, owndata) and
   no ``writeable``; ``data`` is a memory pointer with ``ptr``.
 
+Where the stand-in is unsure of CuPy's exact behaviour it is stricter (CuPy
+functions refuse host arrays here; kernels also refuse non-contiguous
+arrays), with one exception: a host array as an index or as the value of
+``x[...] = value`` is accepted, and counted as a host-to-device copy.
+
 Every operation records what a GPU would do (counts.py). Arrays from
 :func:`guarded_empty` (``cupy.empty``) are filled with NaN (integers: -7777)
 and sit between guard zones that are checked after each kernel launch, as

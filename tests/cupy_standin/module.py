@@ -102,6 +102,8 @@ def arange(*args: Any, dtype: Any = None) -> ndarray:
 def _to_device(obj: Any, dtype: Any, ndmin: int) -> ndarray:
     """A host object (NumPy array, list, number) copied to the device."""
     host = np.array(obj, dtype=dtype, copy=True, ndmin=ndmin)
+    if host.dtype == object:  # e.g. a list holding device arrays, or None
+        raise ValueError(f"Unsupported dtype object (cannot copy {type(obj)} to the device)")
     if not (host.flags.c_contiguous or host.flags.f_contiguous):
         host = np.ascontiguousarray(host)
     record("h2d", "asarray", host.nbytes)
