@@ -87,11 +87,15 @@ class Param:
 class KernelSignature:
     name: str
     params: tuple[Param, ...]
+    template: bool = True  # False: a plain ``extern "C"`` kernel (no T)
 
 
 _KERNEL_RE = re.compile(
     r"template\s*<\s*typename\s+T\s*>\s*__global__\s+void\s+(\w+)\s*\(([^)]*)\)"
 )
+# A kernel that is not a template, as cupy.RawKernel sources declare them
+# (minires's own GPU probe in cuda_backend.py is one).
+_PLAIN_KERNEL_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
 
 
 def strip_comments(source: str) -> str:
@@ -117,6 +121,15 @@ def parse_kernels(source: str) -> list[KernelSignature]:
     for m in _KERNEL_RE.finditer(strip_comments(source)):
         params = tuple(_parse_param(p) for p in m.group(2).split(",") if p.strip())
         kernels.append(KernelSignature(m.group(1), params))
+    return kernels
+
+
+def parse_plain_kernels(source: str) -> list[KernelSignature]:
+    """The ``extern "C" __global__`` (non-template) kernels of a source."""
+    kernels = []
+    for m in _PLAIN_KERNEL_RE.finditer(strip_comments(source)):
+        params = tuple(_parse_param(p) for p in m.group(2).split(",") if p.strip())
+        kernels.append(KernelSignature(m.group(1), params, template=False))
     return kernels
 
 
@@ -154,16 +167,18 @@ def glue_source(cu_file: Path, kernels: list[KernelSignature]) -> str:
         "",
     ]
     for k in kernels:
+        # A plain kernel has no T: it gets the same launcher under both names.
         for t in T_TYPES.values():
             decls = ", ".join(f"{p.c_type(t)} {p.name}" for p in k.params)
             names = ", ".join(p.name for p in k.params)
+            function = f"{k.name}<{t}>" if k.template else k.name
             lines += [
                 f'extern "C" int {_symbol(k.name, t)}(',
                 "    unsigned grid_x, unsigned grid_y, unsigned grid_z,",
                 "    unsigned block_x, unsigned block_y, unsigned block_z,",
                 f"    {decls})",
                 "{",
-                f"    return cuda_cpu::launch(&{k.name}<{t}>,",
+                f"    return cuda_cpu::launch(&{function},",
                 "                            dim3(grid_x, grid_y, grid_z),",
                 "                            dim3(block_x, block_y, block_z),",
                 f"                            {names});",
@@ -184,7 +199,8 @@ def build_library(out_dir: Path, sources: list[Path] | None = None) -> CpuKernel
     signatures: dict[str, KernelSignature] = {}
     jobs = []
     for cu in sources:
-        kernels = parse_kernels(cu.read_text())
+        text = cu.read_text()
+        kernels = parse_kernels(text) + parse_plain_kernels(text)
         for k in kernels:
             if k.name in signatures:
                 raise ValueError(f"kernel {k.name} is defined twice")
@@ -233,7 +249,7 @@ class CpuKernel:
         self.function, self.signature, self.t, self.after = function, signature, t, after
 
     def __call__(self, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
-        name = f"{self.signature.name}<{self.t}>"
+        name = self.signature.name + (f"<{self.t}>" if self.signature.template else "")
         if shared_mem:
             raise NotImplementedError("dynamic shared memory: the kernels do not use it")
         params = self.signature.params
