@@ -271,7 +271,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python one: its opcode
             view = np.lib.stride_tricks.as_strided(
                 data[offset:], shape=size, strides=strides, writeable=False
             )
-            array = view.astype(element.newbyteorder("="))  # a copy, native byte order
+            array = view.astype(element.newbyteorder("="), order="C")  # a copy, native order
         if dtype.name == "bfloat16":
             array = bfloat16_bits_to_float32(array)
         return _apply_metadata(self.path, array, metadata)

@@ -70,7 +70,9 @@ def host_state_dict(obj: Any, op: str) -> dict[str, np.ndarray]:
         native = value.dtype.newbyteorder("=")
         if native not in _SAVABLE:
             raise TypeError(f"{op}: {name!r} has dtype {value.dtype}, which safetensors lacks")
-        out[name] = np.ascontiguousarray(value, dtype=native)
+        # (not np.ascontiguousarray, which turns a 0-d array such as BatchNorm's
+        # num_batches_tracked into shape (1,))
+        out[name] = np.asarray(value, dtype=native, order="C")
     return out
 
 
