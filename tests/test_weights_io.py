@@ -593,6 +593,17 @@ def test_safetensors_write_is_atomic(tmp_path, monkeypatch):
     assert path.read_bytes() == good and os.listdir(tmp_path) == ["w.safetensors"]
 
 
+def test_gpu_arrays_are_copied_to_the_host(tmp_path):
+    """save_safetensors asks minires.backends.device for host copies (no CuPy needed here:
+    a stand-in with CuPy's module name and its explicit `.get()`)."""
+    pytest.importorskip("safetensors")
+    host = np.arange(6, dtype=np.float32).reshape(2, 3)
+    FakeCupy = type("ndarray", (), {"__module__": "cupy._core.core", "get": lambda self: host})
+    path = tmp_path / "gpu.safetensors"
+    mr.save_safetensors({"w": FakeCupy()}, path)
+    np.testing.assert_array_equal(mr.load_safetensors(path)["w"], host)
+
+
 def test_import_minires_loads_neither_torch_nor_safetensors():
     code = "import sys, minires; print([m for m in ('torch', 'safetensors') if m in sys.modules])"
     env = {**os.environ, "PYTHONPATH": str(Path(mr.__file__).resolve().parent.parent)}

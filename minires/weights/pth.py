@@ -105,7 +105,7 @@ def load_pth(path: str | Path) -> Any:
 
 def _load_zip(f: Any, path: str) -> Any:
     with zipfile.ZipFile(f) as archive:
-        names = archive.namelist()
+        names = set(archive.namelist())
         pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
             raise WeightsError(f"{path}: a zip file, but not one written by torch.save")
