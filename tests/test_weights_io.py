@@ -13,6 +13,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tarfile
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -485,6 +486,11 @@ def test_foreign_files_are_named_and_explained(tmp_path):
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), script)
     with pytest.raises(WeightsError, match="TorchScript"):
         mr.load(script)
+    old = tmp_path / "old.pth"
+    with tarfile.open(old, "w") as tar:
+        tar.add(text, arcname="pickle")
+    with pytest.raises(WeightsError, match="old.pth: the tar format of early PyTorch"):
+        mr.load(old)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         mr.load(tmp_path / "missing.pth")
 

@@ -26,7 +26,7 @@ has (so how many bytes to skip). So the object is unpickled twice: once to
 learn the dtypes (no tensor is built), and again, after the storages have been
 read, to build it. Both passes go through the same restricted unpickler.
 
-The oldest format, a tar archive (PyTorch before 0.4), is refused with a
+The oldest format, a tar archive (early PyTorch versions), is refused with a
 message: load it with PyTorch once and save it again.
 """
 
@@ -82,11 +82,9 @@ def load_pth(path: str | Path) -> Any:
         head = f.read(512)
         f.seek(0)
         try:
-            if head[:4] == b"PK\x03\x04" or zipfile.is_zipfile(f):
-                f.seek(0)
+            if head[:4] == b"PK\x03\x04":  # a zip's first local header, as torch checks
                 return _load_zip(f, str(path))
             if head[:1] == b"\x80":  # a pickle's PROTO opcode: the legacy format
-                f.seek(0)
                 return _load_legacy(f, str(path))
         except WeightsError:
             raise
@@ -97,8 +95,8 @@ def load_pth(path: str | Path) -> Any:
             ) from None
     if head[257:262] == b"ustar":
         raise WeightsError(
-            f"{path}: a file from PyTorch before 0.4 (a tar archive), which minires does not "
-            "read: load it with PyTorch and torch.save it again"
+            f"{path}: the tar format of early PyTorch versions, which minires does not read: "
+            "load it with PyTorch and torch.save it again"
         )
     raise WeightsError(f"{path}: not a file written by torch.save (neither a zip nor a pickle)")
 
