@@ -21,6 +21,7 @@ from .grad_mode import detect_anomaly, enable_grad, is_grad_enabled, no_grad, se
 from .gradcheck import GradcheckError, gradcheck
 from .nn.init import manual_seed
 from .nn.parameter import Parameter
+from .weights import load, load_pth, load_safetensors, save_safetensors, state_dict_from
 
 __version__ = "0.1.0"
 
@@ -36,14 +37,19 @@ __all__ = [
     "get_num_threads",
     "gradcheck",
     "is_grad_enabled",
+    "load",
+    "load_pth",
+    "load_safetensors",
     "manual_seed",
     "models",
     "nn",
     "no_grad",
     "optim",
     "parallel",
+    "save_safetensors",
     "set_grad_enabled",
     "set_num_threads",
+    "state_dict_from",
     "tensor",
     "viz",
 ]
