@@ -95,6 +95,14 @@ def _solution_names(solution: Path) -> list[str]:
     raise AssertionError(f"{solution} has no __all__ naming its solutions")
 
 
+def test_the_course_has_exercises():
+    """The im2col convolution, BatchNorm's backward, a residual block's forward
+    and the residual gradient formula, at least, are exercises with solutions."""
+    solved = {p.stem for p in SOLUTIONS}
+    for stem in ("02_im2col", "03_batchnorm_relu", "04_residual_block", "05_residual_gradient"):
+        assert stem in solved, f"tutorials/solutions/{stem}.py is missing"
+
+
 @pytest.mark.parametrize("solution", SOLUTIONS, ids=[p.stem for p in SOLUTIONS])
 def test_exercises_have_stubs_and_solutions(solution: Path):
     """Each solution replaces a stub of the same name in its notebook, marked
