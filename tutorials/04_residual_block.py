@@ -631,7 +631,7 @@ for depth in (20, 56, 110):
 
 # %% [markdown]
 # With option B the gradient norm spreads several times more (in full mode
-# about 80 for A against about 500 for B at depth 110). The right panel
+# about 80 for A against about 470 for B at depth 110). The right panel
 # shows why. Along a residual stage the variance of $x_l$ grows, block by
 # block, because each block adds a BN-normalised branch. Option A carries
 # that variance into the next stage (its zero channels only dilute it);

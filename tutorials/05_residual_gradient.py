@@ -510,11 +510,11 @@ assert norms[110, "cut"][0] / norms[110, "cut"][-1] < 1e-12
 #
 # * **plain**: the gradient norm grows by a roughly constant factor per
 #   block, so it *explodes* toward the input: in full mode
-#   $\lVert\partial L/\partial x_0\rVert$ is about $2 \times 10^{6}$ at
+#   $\lVert\partial L/\partial x_0\rVert$ is about $3 \times 10^{6}$ at
 #   depth 110 against $0.02$ at the last block, a spread of about $10^{8}$
 #   ($10^{4}$ at depth 56, 25 at depth 20);
-# * **residual**: it grows slowly, about 75× over the 54 blocks of
-#   ResNet-110 (about 30× at 56, 8× at 20);
+# * **residual**: it grows slowly, about 80× over the 54 blocks of
+#   ResNet-110 (about 30× at 56, 9× at 20);
 # * **shortcut cut**: with the same forward pass, the gradient at the input
 #   of ResNet-110 is about $3 \times 10^{-20}$: the branches alone carry
 #   essentially nothing to the early blocks. At depth 56 it is $2 \times
@@ -537,7 +537,7 @@ assert norms[110, "cut"][0] / norms[110, "cut"][-1] < 1e-12
 # 2. The branch paths of the residual net do not explode. The cut net runs
 #    the gradient through *only* the branches, and it **vanishes**
 #    ($10^{-20}$), while the plain net, whose blocks are the same
-#    conv-BN-ReLU-conv-BN, explodes ($2 \times 10^{6}$). The same kind of
+#    conv-BN-ReLU-conv-BN, explodes ($3 \times 10^{6}$). The same kind of
 #    layers amplify the gradient in one net and attenuate it in the other.
 #
 # What does happen, with BatchNorm in training mode, is measured below.
@@ -619,7 +619,7 @@ assert np.nanmean(np.abs(cos_r)) < 0.1
 # The three panels tell the story.
 #
 # * **Var($x_l$)**. In the plain net every block ends in BN → ReLU, so its
-#   input has about the same variance everywhere (0.33 to 0.44). In the
+#   input has about the same variance everywhere (0.33 to 0.43). In the
 #   residual net each block *adds* a BN-normalised $F$ (variance about 1 per
 #   channel, before the ReLU) to $x_l$, so the variance grows roughly
 #   linearly along each stage (from 0.34 to 12.6 at depth 110; it dips where
@@ -629,7 +629,7 @@ assert np.nanmean(np.abs(cos_r)) < 0.1
 #   ReLU at the block's end passes about $1/\sqrt2$ of the gradient's norm,
 #   so each block multiplies it by about 1.4 (the geometric mean printed
 #   above), and 54 blocks by $1.4^{54} \approx 10^{8}$. Residual: 2 at the
-#   first block, then falling (0.29 at the last).
+#   first block, then falling (0.32 at the last).
 # * **$r_l \cdot \mathrm{std}(x_l)$** is the same constant (about 1.2) in
 #   both nets. That is exact arithmetic, not a coincidence: the branch starts
 #   with conv → BN, and BN in training mode divides by its input's standard
@@ -672,7 +672,7 @@ assert rel(f_alpha, f1) < 1e-4 and rel(jt_alpha, jt1 / alpha) < 1e-4
 #   fails by a large fraction of $x_L$ with the original block's ReLU after
 #   the add; the gradient form holds along every direction we test.
 # * With BN in training mode, plain nets' gradients explode toward the input
-#   (about 1.4× per block); residual nets' grow about 75× over 110 layers;
+#   (about 1.4× per block); residual nets' grow about 80× over 110 layers;
 #   cut the shortcuts' gradient and it vanishes ($10^{-20}$ at depth 110).
 # * Why: $x_l$'s variance grows along a residual net, BN makes the branch
 #   scale-invariant, so its gain falls as $1/\mathrm{std}(x_l)$, and its
