@@ -587,6 +587,7 @@ axes[0].set_title("Var(x_l): the block's input")
 axes[1].set_title("r_l = |J_F^T u| / |u|: the branch's gain")
 axes[2].set_title("r_l * std(x_l)")
 axes[1].axhline(1, color="gray", lw=0.8, ls=":")
+axes[2].set_ylim(0, 2.2)  # a constant, where r_l itself varies sevenfold
 for ax in axes:
     ax.set_xlabel("block l")
 axes[0].legend()
