@@ -25,6 +25,12 @@ Modes:
 
 An entry passes when |analytic - numeric| <= atol + rtol * |numeric|.
 
+The numbers themselves, for a check written by hand (the tutorials compare
+a formula with them): ``numerical_vjp`` (u^T J, entry by entry),
+``numerical_jacobian`` (J, column by column) and ``numerical_directional``
+(<u^T J, v> for one direction v). They use forward passes only, never
+backward, so they are independent of autograd.
+
 Before comparing, three properties of backward are checked (as PyTorch's
 gradcheck does): a second graph gives the same gradients, a zero upstream
 gradient gives zero gradients, and every gradient has its tensor's shape and
@@ -326,3 +332,116 @@ def _require_contiguous(name: str, t: Tensor) -> None:
             f"gradcheck: {name} must be C-contiguous to be perturbed in place "
             f"(pass np.ascontiguousarray of it)"
         )
+
+
+# --------------------------------------------------------------------------
+# The finite differences themselves, public: for checks written by hand
+# --------------------------------------------------------------------------
+
+
+def _as_inputs(inputs, contiguous: bool = True) -> tuple[list[Tensor], bool]:
+    """Tensors to perturb (arrays are copied into new C-contiguous Tensors),
+    and whether a single one was given."""
+    single = not isinstance(inputs, (list, tuple))
+    tensors = []
+    for k, t in enumerate([inputs] if single else inputs):
+        t = t if isinstance(t, Tensor) else Tensor(np.array(t, order="C"))
+        if contiguous:
+            _require_contiguous(f"input {k}", t)
+        tensors.append(t)
+    return tensors, single
+
+
+def _as_upstream(upstream) -> list[np.ndarray]:
+    ups = upstream if isinstance(upstream, (list, tuple)) else [upstream]
+    return [np.asarray(to_numpy(u), dtype=np.float64) for u in ups]
+
+
+def numerical_vjp(
+    fn: Callable[..., Tensor | Sequence[Tensor]],
+    inputs: Tensor | np.ndarray | Sequence[Tensor | np.ndarray],
+    upstream: np.ndarray | Sequence[np.ndarray],
+    eps: float = 1e-6,
+) -> np.ndarray | list[np.ndarray]:
+    """u^T J by central differences: d<u, fn(*inputs)>/d(input), every entry.
+
+    Two forward passes an entry, no backward: what autograd's
+    ``fn(*inputs).backward(u)`` should give, computed without it. ``inputs``
+    is one Tensor (or array) or a list of them; every one is differentiated
+    (Tensors are perturbed in place and restored exactly). ``upstream`` has
+    fn's output shape (a list of arrays if fn returns a tuple). Returns
+    float64 arrays shaped like the inputs: one array for one input, else a
+    list. Use float64 inputs (see the module doc for the error).
+    """
+    tensors, single = _as_inputs(inputs)
+    ups = _as_upstream(upstream)
+    grads = []
+    for t in tensors:
+        g = np.zeros(t.shape)
+        flat = g.reshape(-1)
+        for i in range(t.numel()):
+            plus = _perturbed(t, i, eps, lambda: _objective(fn, tensors, ups))
+            minus = _perturbed(t, i, -eps, lambda: _objective(fn, tensors, ups))
+            flat[i] = (plus - minus) / (2 * eps)
+        grads.append(g)
+    return grads[0] if single else grads
+
+
+def numerical_jacobian(
+    fn: Callable[[Tensor], Tensor], x: Tensor | np.ndarray, eps: float = 1e-6
+) -> np.ndarray:
+    """The Jacobian of a one-input, one-output ``fn`` by central differences.
+
+    J[i, j] = d fn(x).ravel()[i] / d x.ravel()[j], shape (fn(x).size, x.size),
+    float64: column j from the two forward passes with entry j of x moved by
+    +-eps. No backward is run.
+    """
+    (t,), _ = _as_inputs(x)
+
+    def flat_output() -> np.ndarray:
+        with no_grad():
+            out = fn(t)
+        if not isinstance(out, Tensor):
+            kind = type(out).__name__
+            raise TypeError(f"numerical_jacobian: fn must return a Tensor, got {kind}")
+        return to_numpy(out.data).astype(np.float64).reshape(-1)
+
+    columns = []
+    for i in range(t.numel()):
+        plus = _perturbed(t, i, eps, flat_output)
+        minus = _perturbed(t, i, -eps, flat_output)
+        columns.append((plus - minus) / (2 * eps))
+    return np.stack(columns, axis=1)
+
+
+def numerical_directional(
+    fn: Callable[..., Tensor | Sequence[Tensor]],
+    inputs: Tensor | np.ndarray | Sequence[Tensor | np.ndarray],
+    upstream: np.ndarray | Sequence[np.ndarray],
+    direction: np.ndarray | Sequence[np.ndarray],
+    eps: float = 1e-6,
+) -> float:
+    """<u^T J, v> by one central difference along v: two forward passes, any size.
+
+    (<u, fn(x + eps v)> - <u, fn(x - eps v)>) / (2 eps), with ``direction`` v
+    shaped like ``inputs`` (a list for a list). Compare it with
+    ``np.vdot(x.grad, v)`` after ``fn(x).backward(u)``: the check that scales
+    to whole networks.
+    """
+    tensors, single = _as_inputs(inputs, contiguous=False)
+    ups = _as_upstream(upstream)
+    vs = [direction] if single else list(direction)
+    if len(vs) != len(tensors):
+        raise ValueError(f"numerical_directional: {len(tensors)} inputs, {len(vs)} directions")
+    originals = [t.data.copy() for t in tensors]
+
+    def shifted(sign: float) -> float:
+        try:
+            for t, v in zip(tensors, vs):
+                t.data[...] = t.data + _like(sign * eps * np.asarray(v), t)
+            return _objective(fn, tensors, ups)
+        finally:
+            for t, orig in zip(tensors, originals):
+                t.data[...] = orig
+
+    return (shifted(1.0) - shifted(-1.0)) / (2 * eps)

@@ -10,10 +10,18 @@ training), failing if any cell raises -- every notebook ends its sections with
 
 Set ``MINIRES_TUTORIALS_FULL=1`` to run them at full size instead (slow).
 Re-pair after editing a source with ``jupytext --sync tutorials/NN_name.py``.
+
+Exercises: a notebook with a solutions file ``tutorials/solutions/NN_name.py``
+holds stubs (marked ``# EXERCISE``, raising NotImplementedError) that the
+student writes. It is executed twice: as shipped, where each check cell
+notes that its exercise is not done and the notebook runs on, and with
+``MINIRES_SOLUTIONS=1``, where ``fill_in`` puts the solutions in place of
+the stubs and every check must pass (tutorials/solutions/__init__.py).
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import time
 from pathlib import Path
@@ -25,6 +33,11 @@ jupytext = pytest.importorskip("jupytext")
 
 TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
 SOURCES = sorted(TUTORIALS.glob("[0-9][0-9]_*.py"))
+SOLUTIONS = sorted((TUTORIALS / "solutions").glob("[0-9][0-9]_*.py"))
+# Every notebook as shipped, then each one with exercises again with its solutions filled in.
+RUNS = [(source, False) for source in SOURCES] + [
+    (TUTORIALS / s.name, True) for s in SOLUTIONS if (TUTORIALS / s.name).exists()
+]
 FULL = os.environ.get("MINIRES_TUTORIALS_FULL") == "1"
 CELL_TIMEOUT = 1800 if FULL else 300
 
@@ -65,8 +78,60 @@ def test_ipynb_matches_source(source: Path):
             )
 
 
-@pytest.mark.parametrize("source", SOURCES, ids=[p.stem for p in SOURCES])
-def test_notebook_runs(source: Path, monkeypatch: pytest.MonkeyPatch):
+def _defined_names(tree: ast.Module) -> dict[str, ast.AST]:
+    return {
+        node.name: node
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+    }
+
+
+def _solution_names(solution: Path) -> list[str]:
+    for node in ast.parse(solution.read_text()).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            return list(ast.literal_eval(node.value))
+    raise AssertionError(f"{solution} has no __all__ naming its solutions")
+
+
+def test_the_course_has_exercises():
+    """The im2col convolution, BatchNorm's backward, a residual block's forward
+    and the residual gradient formula, at least, are exercises with solutions."""
+    solved = {p.stem for p in SOLUTIONS}
+    for stem in ("02_im2col", "03_batchnorm_relu", "04_residual_block", "05_residual_gradient"):
+        assert stem in solved, f"tutorials/solutions/{stem}.py is missing"
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=[p.stem for p in SOLUTIONS])
+def test_exercises_have_stubs_and_solutions(solution: Path):
+    """Each solution replaces a stub of the same name in its notebook, marked
+    EXERCISE and raising NotImplementedError, and the notebook calls fill_in."""
+    source = TUTORIALS / solution.name
+    assert source.exists(), f"{solution.name} solves a notebook that does not exist"
+    text = source.read_text()
+    assert f'fill_in("{source.stem}", globals())' in text
+    assert "# EXERCISE" in text and "with exercise(" in text
+    stubs = _defined_names(ast.parse(text))
+    solved = _defined_names(ast.parse(solution.read_text()))
+    for name in _solution_names(solution):
+        assert name in stubs, f"{source.name} has no stub named {name}"
+        assert name in solved, f"{solution.name} does not define {name}"
+        raises = [
+            n
+            for n in ast.walk(stubs[name])
+            if isinstance(n, ast.Raise)
+            and "NotImplementedError" in ast.unparse(n.exc if n.exc is not None else n)
+        ]
+        assert raises, f"the stub {name} in {source.name} must raise NotImplementedError"
+
+
+@pytest.mark.parametrize(
+    "source, solved",
+    RUNS,
+    ids=[p.stem + ("[solutions]" if solved else "") for p, solved in RUNS],
+)
+def test_notebook_runs(source: Path, solved: bool, monkeypatch: pytest.MonkeyPatch):
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     pytest.importorskip("matplotlib")
@@ -75,6 +140,10 @@ def test_notebook_runs(source: Path, monkeypatch: pytest.MonkeyPatch):
         monkeypatch.delenv("MINIRES_QUICK", raising=False)
     else:
         monkeypatch.setenv("MINIRES_QUICK", "1")
+    if solved:
+        monkeypatch.setenv("MINIRES_SOLUTIONS", "1")
+    else:
+        monkeypatch.delenv("MINIRES_SOLUTIONS", raising=False)
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     nb = jupytext.read(source)
     client = nbclient.NotebookClient(
@@ -86,4 +155,12 @@ def test_notebook_runs(source: Path, monkeypatch: pytest.MonkeyPatch):
     start = time.perf_counter()
     client.execute()  # raises CellExecutionError naming the failing cell
     elapsed = time.perf_counter() - start
-    print(f"{source.stem}: {elapsed:.1f} s ({'full' if FULL else 'quick'} mode)")
+    mode = ("full" if FULL else "quick") + (", solutions filled in" if solved else "")
+    print(f"{source.stem}: {elapsed:.1f} s ({mode} mode)")
+    outputs = "".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+    )
+    if solved:  # every exercise ran its checks to the end
+        assert "is not done yet" not in outputs
+    elif source.with_name("solutions").joinpath(source.name).exists():
+        assert "is not done yet" in outputs  # the stubs ship as stubs
