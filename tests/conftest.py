@@ -64,6 +64,7 @@ REQUIRED_IN_CI = (
     "ipykernel",
     "matplotlib",
     "graphviz",
+    "safetensors",
 )
 
 _IMPORT_SKIP = re.compile(r"could not import '([\w.]+)'")
