@@ -430,13 +430,17 @@ def test_grads_accumulate_across_graphs_until_zeroed(rng):
 
 def test_non_scalar_backward_without_grad_raises(rng):
     y = T(rng.standard_normal(3)) * 2.0
-    with pytest.raises(RuntimeError, match=r"gradient can be omitted only for a one-element.*\(3,\)"):  # noqa: E501
+    with pytest.raises(
+        RuntimeError, match=r"gradient can be omitted only for a one-element.*\(3,\)"
+    ):  # noqa: E501
         y.backward()
 
 
 def test_backward_with_grad_of_wrong_shape_raises(rng):
     y = T(rng.standard_normal(3)) * 2.0
-    with pytest.raises(ValueError, match=r"gradient must have the output's shape \(3,\), got \(2,\)"):  # noqa: E501
+    with pytest.raises(
+        ValueError, match=r"gradient must have the output's shape \(3,\), got \(2,\)"
+    ):  # noqa: E501
         y.backward(np.ones(2))
 
 
