@@ -29,7 +29,7 @@ import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .backends.device import get_array_module
+from .backends.device import get_array_module, is_array
 from .grad_mode import is_anomaly_enabled, set_grad_enabled
 
 if TYPE_CHECKING:
@@ -88,7 +88,8 @@ def _seed(t: Tensor, gradient: object, op: str) -> Array:
                 f"got shape {t.shape}; pass gradient= of that shape"
             )
         return xp.ones_like(t.data)
-    seed = xp.array(getattr(gradient, "data", gradient), dtype=t.dtype)
+    values = gradient if is_array(gradient) else getattr(gradient, "data", gradient)  # a Tensor's
+    seed = xp.array(values, dtype=t.dtype)
     if seed.shape != t.shape:
         raise ValueError(
             f"{op}: the gradient must have the output's shape {t.shape}, got {seed.shape}"
