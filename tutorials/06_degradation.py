@@ -226,7 +226,7 @@ for net in NETS:
     print(f"{name(*net):10s}{row}   {best_lr[net]}")
 
 colours = dict(zip((20, 32, 44, 56), ("tab:orange", "tab:green", "tab:blue", "tab:red")))
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
 for col, residual in enumerate((False, True)):
     for depth in DEPTHS:
         e = 100 * np.array([sweep_errors((depth, residual), lr) for lr in LRS])
@@ -240,7 +240,7 @@ for col, residual in enumerate((False, True)):
     axes[col].set_title(
         f"{'residual' if residual else 'plain'} nets (bars: lowest to highest seed)"
     )
-    axes[col].legend()
+    axes[col].legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.2))
 axes[0].set_ylabel("final training error (%)")
 axes[0].set_ylim(0, 100)
 plt.tight_layout()
@@ -264,26 +264,41 @@ def smooth(v, k=20):
     return np.convolve(v, np.ones(k) / k, mode="valid")
 
 
-fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
-for col, residual in enumerate((False, True)):
-    ax = axes[col]
+def draw_curves(ax, residual, first_step=0):
+    """Figure 6's curves of one family: thin training error, bold test error, seed bands."""
+    top = 0.0
     for depth in DEPTHS:
         rs = seed_runs(depth, residual)
         train_curves = 100 * np.array([smooth(r["error"]) for r in rs])
         steps = np.arange(train_curves.shape[1]) + 20
         test_curves = 100 * np.array([r["test_curve"] for r in rs])
+        checks = rs[0]["check_steps"]
+        keep, keep_checks = steps >= first_step, checks >= first_step
+        train_curves, steps = train_curves[:, keep], steps[keep]
+        test_curves, checks = test_curves[:, keep_checks], checks[keep_checks]
         c, label = colours[depth], f"{name(depth, residual)} (lr {best_lr[depth, residual]})"
         ax.plot(steps, train_curves.mean(0), color=c, lw=0.9, label=label + " train")
         ax.fill_between(steps, train_curves.min(0), train_curves.max(0), color=c, alpha=0.15, lw=0)
-        ax.plot(rs[0]["check_steps"], test_curves.mean(0), "o-", color=c, lw=2.5, label="  test")
-        ax.fill_between(rs[0]["check_steps"], test_curves.min(0), test_curves.max(0),
-                        color=c, alpha=0.25, lw=0)  # fmt: skip
-    ax.set_title(f"{'residual' if residual else 'plain'} nets (mean of {len(SEEDS)} seeds)")
+        ax.plot(checks, test_curves.mean(0), "o-", color=c, lw=2.5, label="  test")
+        ax.fill_between(checks, test_curves.min(0), test_curves.max(0), color=c, alpha=0.25, lw=0)
+        top = max(top, train_curves.max(), test_curves.max())
     ax.set_xlabel("training step")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    return top
+
+
+fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), gridspec_kw={"width_ratios": [1, 1, 0.75]})
+for col, residual in enumerate((False, True)):
+    draw_curves(axes[col], residual)
+    axes[col].set_title(f"{'residual' if residual else 'plain'} nets (mean of {len(SEEDS)} seeds)")
+    axes[col].set_ylim(0, 100)  # every curve on the chart: chance is 90%
+    axes[col].legend(fontsize=8, ncol=2)
+# The residual curves end close together near the bottom: the third panel
+# zooms in on the last two thirds of training, its y-axis fitted to every curve.
+top = draw_curves(axes[2], True, first_step=STEPS // 3)
+axes[2].set_ylim(0, 1.1 * top)
+axes[2].set_title(f"residual nets, from step {STEPS // 3} (zoomed)")
 axes[0].set_ylabel("error (%)")
-axes[0].set_ylim(0, 100)  # every curve on the chart: chance is 90%
 plt.tight_layout()
 plt.show()
 
