@@ -95,8 +95,9 @@ LATE = STEPS // 5  # "final training error": mean mini-batch error over the last
 # different difficulty, a coarse one (the stripes' colour) and a fine one
 # (their orientation, two or three stripes across 8 pixels), so that §6.6 can
 # ask *what* the deep plain nets failed to learn. (The 32×32 recipe of
-# `make_procedural`, drawn at 8 pixels, would not do: its stripes alias into
-# noise and no net learns them.)
+# `make_procedural`, drawn at 8 pixels, would not do: its stripes shrink to
+# a period of 1.6 to 3.2 pixels under a window one or two pixels wide, and
+# even the residual nets learn little of them in this budget.)
 
 # %%
 x_train, y_train = make_small_procedural(N_TRAIN, seed=0, size=SIZE)
@@ -473,8 +474,8 @@ print(f"\nall {len(runs)} runs and the figures in {(time.perf_counter() - START)
 # **Exercise.** (a) Train `plain-56` for four times as many steps
 # (`STEPS = 1600` and rerun `train(56, False, 0.03, 0)`): how much of the gap
 # to `plain-20` closes? (b) Replace `make_small_procedural` by
-# `make_procedural(n, size=8)`, the 32×32 recipe drawn at 8 pixels: its
-# stripes alias into noise, and no net learns them. What does that tell you
+# `make_procedural(n, size=8)`, the 32×32 recipe drawn at 8 pixels, and
+# train resnet-20 and plain-20: how far do they get? What does that tell you
 # about choosing a data set for an experiment? (c) With more time, add
 # depth 110 (`cifar_resnet(110, residual=...)`).
 #
