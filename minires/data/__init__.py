@@ -6,6 +6,7 @@ data set, and mini-batching with augmentation. Nothing here uses the network.
     load_cifar10(data_dir, split) CIFAR-10 from a `cifar-10-batches-py` folder,
                                   float32 (N, 3, 32, 32) in [0, 1] (or uint8)
     make_procedural(n, seed)      any number of CIFAR-shaped images, float32
+    make_small_procedural(n, seed)  the same classes drawn for 8x8 images
     DataLoader(images, labels, batch_size, shuffle, seed, transform)
     RandomCrop, RandomHorizontalFlip, Normalize, Compose, cifar_augment,
     channel_stats                 batched augmentation and normalisation
@@ -33,7 +34,7 @@ from .loader import (
     random_crop,
     random_horizontal_flip,
 )
-from .procedural import make_procedural
+from .procedural import make_procedural, make_small_procedural
 
 __all__ = [
     "Compose",
@@ -50,6 +51,7 @@ __all__ = [
     "load_cifar10_classes",
     "load_digits",
     "make_procedural",
+    "make_small_procedural",
     "normalize",
     "random_crop",
     "random_horizontal_flip",
