@@ -698,9 +698,7 @@ class CrossEntropyFunction(Function):
 
     def _safe_labels(self) -> Array:
         """The labels, with 0 where ignored (ignore_index may be no class at all)."""
-        return get_array_module(self.labels).where(
-            self.labels == self.ignore_index, 0, self.labels
-        )
+        return get_array_module(self.labels).where(self.labels == self.ignore_index, 0, self.labels)
 
     def backward(self, gloss: Array) -> Array:
         xp = get_array_module(gloss)
@@ -772,11 +770,9 @@ def cross_entropy(
         w = weight.data if isinstance(weight, Tensor) else weight
         if not hasattr(w, "dtype"):
             raise TypeError(f"{op}: weight must be an array or a Tensor, got {type(w).__name__}")
-        if get_array_module(w) is not xp:
-            raise TypeError(
-                f"{op}: weight is a {type(w).__module__} array but input is on "
-                f"{xp.__name__}'s device; move it to the same device"
-            )
+        if get_array_module(w) is not xp and xp is np:
+            raise TypeError(f"{op}: weight is on the GPU but input is not; move it to the CPU")
+        w = xp.asarray(w)  # like target, a NumPy weight is copied to a GPU input's device
         _check_vector(op, "weight", w, K)
         if w.dtype != logits.dtype:
             raise TypeError(
