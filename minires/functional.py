@@ -533,20 +533,22 @@ def max_pool2d(
     kernel_size: int | Sequence[int],
     stride: int | Sequence[int] | None = None,
     padding: int | Sequence[int] = 0,
+    *,
     ceil_mode: bool = False,
 ) -> Tensor:
     """Max over each window of (N, C, H, W); stride defaults to kernel_size.
 
     ceil_mode=True rounds the output size up, as PyTorch: a last window that
     runs past the padding is kept when it starts inside the input or the
-    left padding (the part past the padding never wins). The gradient goes
-    to the first maximum of each window (ties are rare in real data; tests
-    keep inputs away from them).
+    left padding (the part past the padding never wins). It is keyword-only:
+    torch's next positional argument is dilation, which minires's max
+    pooling does not have, so a positional call could not mean the same in
+    both. The gradient goes to the first maximum of each window (ties are
+    rare in real data; tests keep inputs away from them).
     """
     x = as_tensor(input)
-    return MaxPool2dFunction(*_pool_args("max_pool2d", x, kernel_size, stride, padding, ceil_mode))(
-        x
-    )
+    args = _pool_args("max_pool2d", x, kernel_size, stride, padding, ceil_mode)
+    return MaxPool2dFunction(*args)(x)
 
 
 def avg_pool2d(
