@@ -114,18 +114,18 @@ def conv2d_forward(
     im2col: Callable = im2col,
     matmul: Callable = operator.matmul,
 ) -> tuple[np.ndarray, tuple]:
-    """y = conv(x, w) + b: x (N, C, H, W), w (F, C/G, kh, kw), b (F,) -> y (N, F, OH, OW).
+    """y = conv(x, w) + b: x (N, C, H, W), w (F, Cg, kh, kw), b (F,) -> y (N, F, OH, OW).
 
-        col = im2col(x)                         (C*kh*kw, N*OH*OW)
-        y   = w.reshape(G, F/G, -1) @ col.reshape(G, -1, N*OH*OW)
-                                                (G, F/G, N*OH*OW): channel-major,
-                                                returned as an (N, F, OH, OW) view
+        col = im2col(x)          (C*kh*kw, N*OH*OW), seen as (G, Cg*kh*kw, N*OH*OW)
+        y   = w @ col            w seen as (G, F/G, Cg*kh*kw); y (G, F/G, N*OH*OW)
+                                 is channel-major, returned as an (N, F, OH, OW) view
 
-    With G = groups, the channels split into G independent convolutions:
-    output channels [g*F/G, (g+1)*F/G) see only input channels
-    [g*C/G, (g+1)*C/G), whose rows of col are consecutive. So the product is
-    one *batched* GEMM, a (F/G, C/G*kh*kw) by (C/G*kh*kw, N*OH*OW) product
-    per group; G = 1 is the ordinary convolution, G = C a depthwise one.
+    With G = groups, the channels split into G independent convolutions of
+    Cg = C/G input channels each: output channels [g*F/G, (g+1)*F/G) see only
+    input channels [g*Cg, (g+1)*Cg), whose rows of col are consecutive. So
+    the product is one *batched* GEMM, one (F/G, Cg*kh*kw) by
+    (Cg*kh*kw, N*OH*OW) product per group. G = 1 is the ordinary convolution
+    (a batch of one GEMM), G = C a depthwise one.
 
     Returns y and what conv2d_backward needs: the channel-major input, not
     col (kh*kw times larger, rebuilt when the weight gradient needs it). The
@@ -133,13 +133,14 @@ def conv2d_forward(
     fast CPU backend with a GEMM split among threads.
     """
     N, C, H, W = x.shape
-    F, _, kh, kw = w.shape
+    F, Cg, kh, kw = w.shape  # Cg = C / groups input channels per group
+    G = groups
     OH = out_size(H, span(kh, dilation[0]), stride[0], padding[0])
     OW = out_size(W, span(kw, dilation[1]), stride[1], padding[1])
     xc = to_channel_major(x)
     saved = (xc, w, stride, padding, dilation, groups)
-    col = _columns(saved, im2col)
-    y = matmul(w.reshape(groups, F // groups, -1), col.reshape(groups, -1, col.shape[1]))
+    col = _columns(saved, im2col).reshape(G, Cg * kh * kw, N * OH * OW)
+    y = matmul(w.reshape(G, F // G, Cg * kh * kw), col)
     y = y.reshape(F, N, OH, OW)
     if b is not None:
         y += b[:, None, None, None]
@@ -160,25 +161,26 @@ def conv2d_backward(
     gw = gy @ col.T            the forward GEMM, transposed
     gx = col2im(w.T @ gy)      each column scattered back to its pixels
     gb = gy summed over (N, OH, OW)
-    each product, like the forward's, batched over the G groups.
+    Each product is batched over the G groups, as the forward's.
     """
     xc, w, stride, padding, dilation, groups = saved
-    F, _, kh, kw = w.shape
-    gy2 = to_channel_major(gy).reshape(groups, F // groups, -1)  # (G, F/G, N*OH*OW)
-    w3 = w.reshape(groups, F // groups, -1)  # (G, F/G, C/G*kh*kw)
+    F, Cg, kh, kw = w.shape
+    G, L = groups, gy.shape[0] * gy.shape[2] * gy.shape[3]  # L = N*OH*OW
+    gy2 = to_channel_major(gy).reshape(G, F // G, L)
+    w3 = w.reshape(G, F // G, Cg * kh * kw)
     gx = gw = gb = None
     if len(needs_grad) > 2 and needs_grad[2]:
         gb = gy2.sum(axis=2).reshape(F)
     if needs_grad[0]:
-        gcol = matmul(w3.swapaxes(1, 2), gy2).reshape(-1, gy2.shape[2])  # (C*kh*kw, N*OH*OW)
+        gcol = matmul(w3.swapaxes(1, 2), gy2).reshape(G * Cg * kh * kw, L)
         if _is_one_by_one(saved):
             gx = gcol.reshape(xc.shape)
         else:
             gx = col2im(gcol, xc.shape, kh, kw, *stride, *padding, *dilation)
         gx = from_channel_major(gx)
     if needs_grad[1]:
-        col = _columns(saved, im2col)
-        gw = matmul_t(gy2, col.reshape(groups, -1, col.shape[1])).reshape(w.shape)
+        col = _columns(saved, im2col).reshape(G, Cg * kh * kw, L)
+        gw = matmul_t(gy2, col).reshape(w.shape)
     return gx, gw, gb
 
 
