@@ -693,14 +693,13 @@ class CrossEntropyFunction(Function):
         total = xp.asarray(losses.sum(), dtype=logits.dtype)
         if self.reduction == "sum":
             return total
-        counted = xp.where(self.labels == self.ignore_index, 0, self.weight[self._safe_labels()])
-        self.total_weight = xp.asarray(counted.sum(), dtype=logits.dtype)
+        # 'mean': the sum over the weight of the rows that count (w[label] of
+        # each row not ignored; ignore_index itself may be no class at all).
+        counted = self.labels != self.ignore_index
+        row_weight = self.weight[xp.where(counted, self.labels, 0)] * counted
+        self.total_weight = xp.asarray(row_weight.sum(), dtype=logits.dtype)
         with np.errstate(invalid="ignore"):  # nothing counted: NaN, as PyTorch (and no warning)
             return xp.asarray(total / self.total_weight)
-
-    def _safe_labels(self) -> Array:
-        """The labels, with 0 where ignored (ignore_index may be no class at all)."""
-        return get_array_module(self.labels).where(self.labels == self.ignore_index, 0, self.labels)
 
     def backward(self, gloss: Array) -> Array:
         xp = get_array_module(gloss)
@@ -762,7 +761,8 @@ def cross_entropy(
         )
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+    numbers = (int, float, np.integer, np.floating)
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers):
         raise TypeError(f"{op}: label_smoothing must be a float, got {label_smoothing!r}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing!r}")
