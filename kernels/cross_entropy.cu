@@ -2,11 +2,12 @@
 //
 // Twin of cross_entropy_forward / cross_entropy_backward in
 // minires/backends/numpy_backend.py. labels are int64 (long long), one class
-// index in [0, K) per row. See kernels/im2col.cu for a reading guide
+// index in [0, K) per row, or ignore_index; weight holds the K class weights
+// (ones when the user gave none). See kernels/im2col.cu for a reading guide
 // (kernels, grids, grid-stride loops, templates).
 
-// A quiet NaN, the loss of a row whose label is out of range (NVRTC has no
-// <math.h> and so no NAN macro; these are the IEEE bit patterns).
+// A quiet NaN, the loss (and gradient) of a row whose label is out of range
+// (NVRTC has no <math.h> and so no NAN macro; these are the IEEE bit patterns).
 template <typename T>
 __device__ T quiet_nan();
 
@@ -24,14 +25,16 @@ __device__ double quiet_nan<double>()
 
 // One thread per row n (a sample): it makes three passes over the row's K
 // logits z. With zmax the row's maximum,
-//   log softmax(z)_k = (z_k - zmax) - log(sum_k' exp(z_k' - zmax))
+//   log p_k = log softmax(z)_k = (z_k - zmax) - log(sum_k' exp(z_k' - zmax))
 // Subtracting zmax first means exp never overflows, and the largest term of
 // the sum is exp(0) = 1, so the log is finite (the log-sum-exp trick).
-// The thread writes the row's softmax probabilities and its loss
-//   row_loss[n] = -log softmax(z)_{labels[n]};
-// the host takes the mean of row_loss over the N rows. A label outside
-// [0, K) is never used as an index (that would read outside the row): its
-// row's loss is NaN, so the mean is NaN and the error cannot go unnoticed.
+// The thread writes the row's softmax probabilities and its loss, PyTorch's
+// formula with class weights w and label smoothing e (y = labels[n]):
+//   row_loss[n] = -(1 - e) * w[y] * log p_y  -  (e / K) * sum_k w[k] * log p_k
+// or 0 when y == ignore_index. The host reduces row_loss (sum or weighted
+// mean, minires.functional.CrossEntropyFunction). A label outside [0, K)
+// that is not ignore_index is never used as an index (that would read outside
+// the row): its row's loss is NaN, so the error cannot go unnoticed.
 // (minires.functional.cross_entropy rejects such labels before this runs.)
 //
 // (A block per row, with the max and the sum as block reductions as in
@@ -40,8 +43,9 @@ __device__ double quiet_nan<double>()
 template <typename T>
 __global__ void cross_entropy_forward(const T* __restrict__ logits,
                                       const long long* __restrict__ labels,
+                                      const T* __restrict__ weight,
                                       T* __restrict__ probs, T* __restrict__ row_loss,
-                                      int N, int K)
+                                      int N, int K, long long ignore_index, T label_smoothing)
 {
     const int stride = blockDim.x * gridDim.x;
     for (int n = blockIdx.x * blockDim.x + threadIdx.x; n < N; n += stride) {
@@ -56,31 +60,60 @@ __global__ void cross_entropy_forward(const T* __restrict__ logits,
         for (int k = 0; k < K; ++k) sum += exp(z[k] - zmax);
         const T log_sum = log(sum);
 
-        for (int k = 0; k < K; ++k) p[k] = exp((z[k] - zmax) - log_sum);
+        T weighted_log_p = T(0);  // sum_k w[k] * log p_k, the smoothing term
+        for (int k = 0; k < K; ++k) {
+            const T log_p = (z[k] - zmax) - log_sum;
+            p[k] = exp(log_p);
+            weighted_log_p += weight[k] * log_p;
+        }
         const long long label = labels[n];
-        row_loss[n] = (label >= 0 && label < K) ? -((z[label] - zmax) - log_sum)
-                                                : quiet_nan<T>();
+        if (label == ignore_index) {
+            row_loss[n] = T(0);
+        } else if (label >= 0 && label < K) {
+            T loss = -(T(1) - label_smoothing) * weight[label] * ((z[label] - zmax) - log_sum);
+            if (label_smoothing != T(0)) loss -= label_smoothing / T(K) * weighted_log_p;
+            row_loss[n] = loss;
+        } else {
+            row_loss[n] = quiet_nan<T>();
+        }
     }
 }
 
-// One thread per logit: glogits = (probs - onehot(labels)) * gloss / N.
-// (An out-of-range label matches no k: its row gets probs * gloss / N.)
-// gloss, the gradient of the (mean) loss, is read from device memory (a
-// one-element array) so the host never waits for it.
+// One thread per logit (n, k). Row n's loss is -sum_k q_k log p_k with the
+// target weights q = (1 - e) * w[y] * onehot(y) + (e / K) * w, so
+//   glogits[n, k] = (sum(q) * p_k - q_k) * grad_losses[n],
+// sum(q) = (1 - e) * w[y] + (e / K) * weight_sum[0]. A row whose label is
+// ignore_index gets 0; one whose label is outside [0, K) gets NaN. The
+// gradients (grad_losses, one per row, from the host's reduction) and the
+// sum of the weights are read from device memory, so the host never waits.
 template <typename T>
 __global__ void cross_entropy_backward(const T* __restrict__ probs,
                                        const long long* __restrict__ labels,
-                                       const T* __restrict__ gloss,
-                                       T* __restrict__ glogits, int N, int K)
+                                       const T* __restrict__ weight,
+                                       const T* __restrict__ weight_sum,
+                                       const T* __restrict__ grad_losses,
+                                       T* __restrict__ glogits,
+                                       int N, int K, long long ignore_index, T label_smoothing)
 {
-    const T scale = gloss[0] / T(N);
     const int total = N * K;
     const int stride = blockDim.x * gridDim.x;
     for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += stride) {
         const int n = idx / K;
         const int k = idx % K;
-        T g = probs[idx];
-        if (k == labels[n]) g -= T(1);
-        glogits[idx] = g * scale;
+        const long long label = labels[n];
+        if (label == ignore_index) {
+            glogits[idx] = T(0);
+            continue;
+        }
+        if (label < 0 || label >= K) {
+            glogits[idx] = quiet_nan<T>();
+            continue;
+        }
+        const T target = (T(1) - label_smoothing) * weight[label];  // q_y
+        const T q_sum = target + label_smoothing / T(K) * weight_sum[0];
+        T g = probs[idx] * q_sum;
+        if (k == label) g -= target;
+        if (label_smoothing != T(0)) g -= label_smoothing / T(K) * weight[k];
+        glogits[idx] = g * grad_losses[n];
     }
 }

@@ -26,12 +26,14 @@
 // One thread per element of col. The flat index of a col element decomposes,
 // from the fastest-varying dimension outwards, as (c, i, j, n, oh, ow): col is
 // the 6-D array (C, kh, kw, N, OH, OW) seen as a 2-D matrix. The element is
-// the input pixel at row oh*sh + i - ph, column ow*sw + j - pw, or 0 when that
-// falls into the zero padding around the image.
+// the input pixel at row oh*sh + i*dh - ph, column ow*sw + j*dw - pw, or 0 when
+// that falls into the zero padding around the image. (dh, dw is the dilation:
+// kernel offset (i, j) sits i*dh rows and j*dw columns into its window; 1 is
+// the ordinary, dense kernel.)
 template <typename T>
 __global__ void im2col(const T* __restrict__ x, T* __restrict__ col,
                        int C, int N, int H, int W,
-                       int kh, int kw, int sh, int sw, int ph, int pw,
+                       int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
                        int OH, int OW)
 {
     const int total = C * kh * kw * N * OH * OW;
@@ -46,8 +48,8 @@ __global__ void im2col(const T* __restrict__ x, T* __restrict__ col,
         const int i = rest % kh;
         const int c = rest / kh;
         // Where offset (i, j) of window (oh, ow) lands in the unpadded image.
-        const int h = oh * sh + i - ph;
-        const int w = ow * sw + j - pw;
+        const int h = oh * sh + i * dh - ph;
+        const int w = ow * sw + j * dw - pw;
         const bool inside = h >= 0 && h < H && w >= 0 && w < W;
         col[idx] = inside ? x[((c * N + n) * H + h) * W + w] : T(0);
     }
@@ -66,15 +68,15 @@ __global__ void im2col(const T* __restrict__ x, T* __restrict__ col,
 // every run. (Chainer's col2im_gpu does the same.)
 //
 // Which entries map onto pixel (h, w)? Offset (i, j) of window (oh, ow) reads
-// padded row oh*sh + i, so for a given i the pixel's padded row h + ph must
-// equal oh*sh + i: that window row exists when (h + ph - i) is a non-negative
-// multiple of sh whose quotient oh is < OH. Same for columns. The loop over
+// padded row oh*sh + i*dh, so for a given i the pixel's padded row h + ph must
+// equal oh*sh + i*dh: that window row exists when (h + ph - i*dh) is a
+// non-negative multiple of sh whose quotient oh is < OH. Same for columns. The loop over
 // (i, j) runs in the order of numpy_backend.col2im's slice adds, so the sum
 // is accumulated in the same order.
 template <typename T>
 __global__ void col2im(const T* __restrict__ col, T* __restrict__ x,
                        int C, int N, int H, int W,
-                       int kh, int kw, int sh, int sw, int ph, int pw,
+                       int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
                        int OH, int OW)
 {
     const int total = C * N * H * W;
@@ -87,12 +89,12 @@ __global__ void col2im(const T* __restrict__ col, T* __restrict__ x,
         const int c = rest / N;
         T sum = T(0);
         for (int i = 0; i < kh; ++i) {
-            const int oh_times_sh = h + ph - i;
+            const int oh_times_sh = h + ph - i * dh;
             if (oh_times_sh < 0 || oh_times_sh % sh != 0) continue;
             const int oh = oh_times_sh / sh;
             if (oh >= OH) continue;
             for (int j = 0; j < kw; ++j) {
-                const int ow_times_sw = w + pw - j;
+                const int ow_times_sw = w + pw - j * dw;
                 if (ow_times_sw < 0 || ow_times_sw % sw != 0) continue;
                 const int ow = ow_times_sw / sw;
                 if (ow >= OW) continue;

@@ -2,9 +2,12 @@
 //
 // Twin of max_pool_* / avg_pool_* in minires/backends/numpy_backend.py. A
 // plane is one (n, c) image channel; P = N*C planes are stored one after the
-// other, each H*W values, C-contiguous. Output planes are (OH, OW) with
-// OH = (H + 2*ph - kh) / sh + 1. See kernels/im2col.cu for a reading guide
-// (kernels, grids, grid-stride loops, templates).
+// other, each H*W values, C-contiguous. Output planes are (OH, OW), which the
+// host computes (numpy_backend.pool_out_size: OH = (H + 2*ph - kh) / sh + 1,
+// or one more with ceil_mode, whose last window may run past the padding;
+// every bounds check below treats positions past the padding like padding).
+// See kernels/im2col.cu for a reading guide (kernels, grids, grid-stride
+// loops, templates).
 //
 // Forward kernels: one thread per output pixel, looping over its window.
 // Backward kernels: one thread per *input* pixel, looping over the windows
@@ -120,13 +123,29 @@ __global__ void max_pool_backward(const T* __restrict__ gy, const int* __restric
     }
 }
 
-// Average pooling, forward: the window's sum divided by kh*kw. Padding counts
-// as zeros in the sum and in the divisor (PyTorch's count_include_pad=True).
+// How many of window o's k positions along one axis count in average
+// pooling's divisor (PyTorch's rule, numpy_backend._window_sizes): the window
+// starts at o*s - pad; the positions inside the padded input [-pad, size + pad)
+// count when count_include_pad is nonzero, else only those inside the input
+// [0, size). The part of a ceil_mode window past the padding never counts.
+__device__ inline int window_size(int o, int s, int pad, int k, int size, int count_include_pad)
+{
+    int start = o * s - pad;
+    int end = start + k < size + pad ? start + k : size + pad;
+    if (!count_include_pad) {
+        start = start > 0 ? start : 0;
+        end = end < size ? end : size;
+    }
+    return end - start;
+}
+
+// Average pooling, forward: the window's sum (padding adds zeros) divided by
+// its divisor: rows counted times columns counted, see window_size.
 template <typename T>
 __global__ void avg_pool_forward(const T* __restrict__ x, T* __restrict__ y,
                                  int P, int H, int W,
                                  int kh, int kw, int sh, int sw, int ph, int pw,
-                                 int OH, int OW)
+                                 int OH, int OW, int count_include_pad)
 {
     const int total = P * OH * OW;
     const int stride = blockDim.x * gridDim.x;
@@ -146,18 +165,20 @@ __global__ void avg_pool_forward(const T* __restrict__ x, T* __restrict__ y,
                 sum += plane[h * W + w];
             }
         }
-        y[idx] = sum / T(kh * kw);
+        const int divisor = window_size(oh, sh, ph, kh, H, count_include_pad) *
+                            window_size(ow, sw, pw, kw, W, count_include_pad);
+        y[idx] = sum / T(divisor);
     }
 }
 
-// Average pooling, backward: each window spreads gy / (kh*kw) evenly over its
-// kh*kw positions; an input pixel gathers that share from every window that
+// Average pooling, backward: each window spreads gy / divisor evenly over its
+// positions; an input pixel gathers that share from every window that
 // contains it.
 template <typename T>
 __global__ void avg_pool_backward(const T* __restrict__ gy, T* __restrict__ gx,
                                   int P, int H, int W,
                                   int kh, int kw, int sh, int sw, int ph, int pw,
-                                  int OH, int OW)
+                                  int OH, int OW, int count_include_pad)
 {
     const int total = P * H * W;
     const int stride = blockDim.x * gridDim.x;
@@ -173,7 +194,9 @@ __global__ void avg_pool_backward(const T* __restrict__ gy, T* __restrict__ gx,
             for (int j = 0; j < kw; ++j) {
                 const int ow = pool_window(w, pw, j, sw, OW);
                 if (ow < 0) continue;
-                sum += gy[(p * OH + oh) * OW + ow] / T(kh * kw);
+                const int divisor = window_size(oh, sh, ph, kh, H, count_include_pad) *
+                                    window_size(ow, sw, pw, kw, W, count_include_pad);
+                sum += gy[(p * OH + oh) * OW + ow] / T(divisor);
             }
         }
         gx[idx] = sum;

@@ -21,6 +21,7 @@ from .autograd import BroadcastTo, Function, IndexAdd, Tensor, as_tensor
 from .backends import get_backend, set_cpu_backend
 from .backends.device import get_array_module
 from .backends.layout import from_channel_major, is_channel_major, to_channel_major
+from .backends.numpy_backend import pool_out_size
 
 Array = Any
 
@@ -114,39 +115,51 @@ def set_conv_algorithm(name: str) -> str:
 
 
 class Conv2dFunction(Function):
-    """y = conv(x, w) + b. Shapes: x (N, C, H, W), w (F, C, kh, kw), b (F,), y (N, F, OH, OW).
+    """y = conv(x, w) + b. Shapes: x (N, C, H, W), w (F, C/groups, kh, kw), b (F,),
+    y (N, F, OH, OW).
 
-    The backend does the work: im2col and one GEMM in the reference
+    The backend does the work: im2col and one (batched) GEMM in the reference
     (numpy_backend.conv2d_forward), shifted GEMMs on the fast CPU path, CUDA
     kernels and cuBLAS on a GPU; backward gets back what forward saved.
     """
 
     saved_inputs = (0, 1)  # x and w; not the bias
 
-    def __init__(self, stride: tuple[int, int], padding: tuple[int, int]):
-        self.stride, self.padding = stride, padding
+    def __init__(
+        self,
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        dilation: tuple[int, int] = (1, 1),
+        groups: int = 1,
+    ):
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
 
     def forward(self, x: Array, w: Array, b: Array | None = None) -> Array:
         self.backend = get_backend(x)
-        y, self.saved = self.backend.conv2d_forward(x, w, b, self.stride, self.padding)
+        y, self.saved = self.backend.conv2d_forward(
+            x, w, b, self.stride, self.padding, self.dilation, self.groups
+        )
         return y
 
     def backward(self, gy: Array) -> tuple[Array | None, ...]:
         return self.backend.conv2d_backward(gy, self.saved, self.needs_input_grad)
 
     def differentiable_backward(self, gy: Tensor) -> tuple[Tensor | None, ...]:
-        """The backward as im2col, two GEMMs and col2im on Tensors, each step a
-        Function whose own backward is known, so create_graph can record it."""
+        """The backward as im2col, two (batched) GEMMs and col2im on Tensors, each
+        step a Function whose own backward is known, so create_graph can record it.
+        The G groups are the batch of the GEMMs, as in numpy_backend.conv2d_backward."""
         x, w = self.inputs[:2]
         N, C, H, W = x.shape
-        F = w.shape[0]
-        geometry = (*w.shape[2:], *self.stride, *self.padding)
+        F, Cg, kh, kw = w.shape
+        G = self.groups
+        geometry = (kh, kw, *self.stride, *self.padding, *self.dilation)
         col = Im2colFunction(geometry)(x.permute(1, 0, 2, 3))  # (C*kh*kw, N*OH*OW)
-        gy2 = gy.permute(1, 0, 2, 3).reshape(F, -1)  # (F, N*OH*OW)
-        gw = (gy2 @ col.T).reshape(w.shape)
-        gcol = w.reshape(F, -1).T @ gy2
-        gx = Col2imFunction(geometry, (C, N, H, W))(gcol).permute(1, 0, 2, 3)
-        return gx, gw, (gy.sum((0, 2, 3)) if len(self.inputs) > 2 else None)
+        col = col.reshape(G, Cg * kh * kw, -1)
+        gy3 = gy.permute(1, 0, 2, 3).reshape(G, F // G, -1)  # (G, F/G, N*OH*OW)
+        gw = (gy3 @ col.transpose(1, 2)).reshape(w.shape)
+        gcol = w.reshape(G, F // G, Cg * kh * kw).transpose(1, 2) @ gy3
+        gx = Col2imFunction(geometry, (C, N, H, W))(gcol.reshape(C * kh * kw, -1))
+        return gx.permute(1, 0, 2, 3), gw, (gy.sum((0, 2, 3)) if len(self.inputs) > 2 else None)
 
 
 class Im2colFunction(Function):
@@ -155,7 +168,7 @@ class Im2colFunction(Function):
     saved_inputs = ()
 
     def __init__(self, geometry: tuple[int, ...]):
-        self.geometry = geometry  # kh, kw, sh, sw, ph, pw
+        self.geometry = geometry  # kh, kw, sh, sw, ph, pw, dh, dw
 
     def forward(self, x: Array) -> Array:
         self.backend, self.x_shape = get_backend(x), x.shape
@@ -187,53 +200,148 @@ class Col2imFunction(Function):
         return Im2colFunction(self.geometry)(gx)
 
 
+class PadFunction(Function):
+    """x (N, C, H, W) with zeros added below and to the right: (N, C, H + bottom, W + right).
+
+    What conv2d's padding='same' needs when a kernel's span is even: PyTorch
+    puts the odd pixel of padding on the bottom and right, where the
+    backends' padding is the same on both sides. Backward crops gy.
+    """
+
+    saved_inputs = ()
+
+    def __init__(self, bottom: int, right: int):
+        self.bottom, self.right = bottom, right
+
+    def forward(self, x: Array) -> Array:
+        xp = get_array_module(x)
+        self.H, self.W = x.shape[2:]
+        return xp.pad(x, ((0, 0), (0, 0), (0, self.bottom), (0, self.right)))
+
+    def backward(self, gy: Array) -> Array:
+        return get_array_module(gy).ascontiguousarray(gy[:, :, : self.H, : self.W])
+
+    def differentiable_backward(self, gy: Tensor) -> Tensor:
+        return gy[:, :, : self.H, : self.W]
+
+
+def _conv_padding(
+    padding: str | int | Sequence[int],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """conv2d's padding as (padding on both sides, extra on the bottom/right).
+
+    An int or a pair pads both sides alike. 'valid' is no padding. 'same'
+    (stride 1 only) keeps the output the size of the input: a kernel spanning
+    s = d*(k-1) + 1 pixels needs s - 1 pixels of padding in all, half on
+    each side, the odd one (an even span) on the bottom or right, as PyTorch.
+    """
+    op = "conv2d"
+    if not isinstance(padding, str):
+        return pair(op, "padding", padding, 0), (0, 0)
+    if padding == "valid":
+        return (0, 0), (0, 0)
+    if padding != "same":
+        raise ValueError(
+            f"{op}: padding must be 'same', 'valid', an int or a pair of ints, got {padding!r}"
+        )
+    if stride != (1, 1):
+        raise ValueError(
+            f"{op}: padding='same' is not supported for strided convolutions, got stride "
+            f"{stride} (PyTorch's rule: with stride > 1, 'same' has no single meaning)"
+        )
+    total = [d * (k - 1) for k, d in zip(kernel, dilation)]
+    both = (total[0] // 2, total[1] // 2)
+    return both, (total[0] - 2 * both[0], total[1] - 2 * both[1])
+
+
+def _check_groups(op: str, groups: Any, x: Tensor, w: Tensor) -> int:
+    """groups as an int that divides both channel counts, matching the weight's shape."""
+    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool):
+        raise TypeError(f"{op}: groups must be an int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"{op}: groups must be >= 1, got {groups}")
+    C, F = x.shape[1], w.shape[0]
+    if F % groups:
+        raise ValueError(
+            f"{op}: groups={groups} must divide the output channels, but weight has {F} "
+            f"(weight shape {tuple(w.shape)})"
+        )
+    if C % groups:
+        raise ValueError(
+            f"{op}: groups={groups} must divide the input channels, but input has {C} "
+            f"(input shape {tuple(x.shape)})"
+        )
+    if w.shape[1] * groups != C:
+        per_group = f" ({w.shape[1]} per group x groups={groups})" if groups > 1 else ""
+        raise ValueError(
+            f"{op}: weight expects {w.shape[1] * groups} input channels{per_group} (weight "
+            f"shape {tuple(w.shape)}), but input has {C} (input shape {tuple(x.shape)})"
+        )
+    return int(groups)
+
+
 def conv2d(
     input: Tensor,
     weight: Tensor,
     bias: Tensor | None = None,
     stride: int | Sequence[int] = 1,
-    padding: int | Sequence[int] = 0,
+    padding: str | int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
 ) -> Tensor:
-    """2-D convolution (cross-correlation, as in PyTorch).
+    """2-D convolution (cross-correlation), as torch.nn.functional.conv2d.
 
     Args:
         input: (N, C_in, H, W).
-        weight: (C_out, C_in, kh, kw).
+        weight: (C_out, C_in / groups, kh, kw).
         bias: (C_out,) or None.
+        stride, dilation: an int or a pair (rows, columns). Dilation d spaces
+            the kernel's taps d pixels apart.
+        padding: an int or a pair (zeros on both sides), 'valid' (none) or
+            'same' (the output as large as the input; stride 1 only).
+        groups: the channels split into this many independent convolutions
+            (C_in / groups inputs each); groups = C_in is a depthwise conv.
     Returns:
-        (N, C_out, OH, OW) with OH = (H + 2*padding - kh) // stride + 1.
+        (N, C_out, OH, OW) with OH = (H + 2*padding - dilation*(kh - 1) - 1) // stride + 1.
     """
     op = "conv2d"
     x, w = as_tensor(input), as_tensor(weight)
     _check_ndim(op, "input", x, 4, "(N, C, H, W)")
-    _check_ndim(op, "weight", w, 4, "(C_out, C_in, kh, kw)")
+    _check_ndim(op, "weight", w, 4, "(C_out, C_in / groups, kh, kw)")
     _check_float(op, "input", x)
     _check_dtype(op, "weight", w, x)
     stride_ = pair(op, "stride", stride, 1)
-    padding_ = pair(op, "padding", padding, 0)
-    if w.shape[1] != x.shape[1]:
-        raise ValueError(
-            f"conv2d: weight expects {w.shape[1]} input channels (weight shape "
-            f"{tuple(w.shape)}), but input has {x.shape[1]} (input shape {tuple(x.shape)})"
-        )
+    dilation_ = pair(op, "dilation", dilation, 1)
+    groups_ = _check_groups(op, groups, x, w)
     kh, kw = w.shape[2:]
-    H, W = x.shape[2:]
     if kh < 1 or kw < 1:
         raise ValueError(
             f"conv2d: weight's kernel size must be >= 1, got {kh}x{kw} "
             f"(weight shape {tuple(w.shape)})"
         )
-    if kh > H + 2 * padding_[0] or kw > W + 2 * padding_[1]:
+    padding_, extra = _conv_padding(padding, (kh, kw), stride_, dilation_)
+    if extra != (0, 0):
+        x = PadFunction(*extra)(x)
+    H, W = x.shape[2:]
+    span_h, span_w = dilation_[0] * (kh - 1) + 1, dilation_[1] * (kw - 1) + 1
+    if span_h > H + 2 * padding_[0] or span_w > W + 2 * padding_[1]:
+        spans = (
+            "" if dilation_ == (1, 1) else f" with dilation {dilation_} spans {span_h}x{span_w} and"
+        )
         raise ValueError(
-            f"conv2d: kernel {kh}x{kw} is larger than the padded input "
+            f"conv2d: kernel {kh}x{kw}{spans} is larger than the padded input "
             f"{H + 2 * padding_[0]}x{W + 2 * padding_[1]} (input {H}x{W}, padding {padding_})"
         )
+    fn = Conv2dFunction(stride_, padding_, dilation_, groups_)
     if bias is None:
-        return Conv2dFunction(stride_, padding_)(x, w)
+        return fn(x, w)
     b = as_tensor(bias)
     _check_dtype(op, "bias", b, x)
     _check_vector(op, "bias", b, w.shape[0])
-    return Conv2dFunction(stride_, padding_)(x, w, b)
+    return fn(x, w, b)
 
 
 # --------------------------------------------------------------------------
@@ -433,8 +541,9 @@ class _Pool2dFunction(Function):
 
     saved_inputs = ()  # max pooling keeps the argmax, not x
 
-    def __init__(self, kernel, stride, padding):
+    def __init__(self, kernel, stride, padding, ceil_mode=False, count_include_pad=True):
         self.args = (*kernel, *stride, *padding)
+        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
 
     def forward(self, x: Array) -> Array:
         N, C = x.shape[:2]
@@ -455,7 +564,7 @@ class _Pool2dFunction(Function):
 
 class MaxPool2dFunction(_Pool2dFunction):
     def pool(self, planes: Array) -> Array:
-        y, self.argmax = self.backend.max_pool_forward(planes, *self.args)
+        y, self.argmax = self.backend.max_pool_forward(planes, *self.args, self.ceil_mode)
         return y
 
     def unpool(self, g: Array) -> Array:
@@ -479,13 +588,17 @@ class MaxPool2dFunction(_Pool2dFunction):
 
 class AvgPool2dFunction(_Pool2dFunction):
     def pool(self, planes: Array) -> Array:
-        return self.backend.avg_pool_forward(planes, *self.args)
+        return self.backend.avg_pool_forward(
+            planes, *self.args, self.ceil_mode, self.count_include_pad
+        )
 
     def unpool(self, g: Array) -> Array:
-        return self.backend.avg_pool_backward(g, self.plane_shape, *self.args)
+        return self.backend.avg_pool_backward(
+            g, self.plane_shape, *self.args, self.count_include_pad
+        )
 
 
-def _pool_args(op: str, x: Tensor, kernel_size, stride, padding):
+def _pool_args(op: str, x: Tensor, kernel_size, stride, padding, ceil_mode):
     _check_ndim(op, "input", x, 4, "(N, C, H, W)")
     _check_float(op, "input", x)
     k = pair(op, "kernel_size", kernel_size, 1)
@@ -496,13 +609,20 @@ def _pool_args(op: str, x: Tensor, kernel_size, stride, padding):
             f"{op}: padding should be at most half the kernel size, got padding {p} "
             f"for kernel_size {k}"
         )
+    if not isinstance(ceil_mode, (bool, np.bool_)):
+        raise TypeError(f"{op}: ceil_mode must be a bool, got {ceil_mode!r}")
     H, W = x.shape[2:]
-    if k[0] > H + 2 * p[0] or k[1] > W + 2 * p[1]:
+    OH = pool_out_size(H, k[0], s[0], p[0], bool(ceil_mode))
+    OW = pool_out_size(W, k[1], s[1], p[1], bool(ceil_mode))
+    if OH < 1 or OW < 1:
+        # Without ceil_mode that is a kernel larger than the padded input; with
+        # it, one larger by the stride or more (no window starts inside).
         raise ValueError(
             f"{op}: kernel {k[0]}x{k[1]} is larger than the padded input "
             f"{H + 2 * p[0]}x{W + 2 * p[1]}"
+            + (f" by the stride {s} or more, even with ceil_mode" if ceil_mode else "")
         )
-    return k, s, p
+    return k, s, p, bool(ceil_mode)
 
 
 def max_pool2d(
@@ -510,14 +630,22 @@ def max_pool2d(
     kernel_size: int | Sequence[int],
     stride: int | Sequence[int] | None = None,
     padding: int | Sequence[int] = 0,
+    *,
+    ceil_mode: bool = False,
 ) -> Tensor:
     """Max over each window of (N, C, H, W); stride defaults to kernel_size.
 
-    The gradient goes to the first maximum of each window (ties are rare in
-    real data; tests keep inputs away from them).
+    ceil_mode=True rounds the output size up, as PyTorch: a last window that
+    runs past the padding is kept when it starts inside the input or the
+    left padding (the part past the padding never wins). It is keyword-only:
+    torch's next positional argument is dilation, which minires's max
+    pooling does not have, so a positional call could not mean the same in
+    both. The gradient goes to the first maximum of each window (ties are
+    rare in real data; tests keep inputs away from them).
     """
     x = as_tensor(input)
-    return MaxPool2dFunction(*_pool_args("max_pool2d", x, kernel_size, stride, padding))(x)
+    args = _pool_args("max_pool2d", x, kernel_size, stride, padding, ceil_mode)
+    return MaxPool2dFunction(*args)(x)
 
 
 def avg_pool2d(
@@ -525,10 +653,22 @@ def avg_pool2d(
     kernel_size: int | Sequence[int],
     stride: int | Sequence[int] | None = None,
     padding: int | Sequence[int] = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
 ) -> Tensor:
-    """Mean over each window of (N, C, H, W); zero padding counts in the divisor."""
+    """Mean over each window of (N, C, H, W); stride defaults to kernel_size.
+
+    The divisor is PyTorch's: the window's positions inside the padded input
+    (zero padding counts, count_include_pad=True), or only those inside the
+    input (count_include_pad=False). ceil_mode as in max_pool2d; the part of
+    a window past the padding never counts.
+    """
+    op = "avg_pool2d"
     x = as_tensor(input)
-    return AvgPool2dFunction(*_pool_args("avg_pool2d", x, kernel_size, stride, padding))(x)
+    if not isinstance(count_include_pad, (bool, np.bool_)):
+        raise TypeError(f"{op}: count_include_pad must be a bool, got {count_include_pad!r}")
+    args = _pool_args(op, x, kernel_size, stride, padding, ceil_mode)
+    return AvgPool2dFunction(*args, bool(count_include_pad))(x)
 
 
 class GlobalAvgPoolFunction(Function):
@@ -629,43 +769,97 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 class CrossEntropyFunction(Function):
-    """The mean over the batch of -log softmax(logits)[n, labels[n]]."""
+    """Softmax cross-entropy of logits (N, K) against integer labels, reduced.
+
+    The backend computes each row's loss (PyTorch's formula, with class
+    weights, ignore_index and label smoothing: numpy_backend.cross_entropy_forward)
+    and the gradient of each row's loss; this Function does the reduction:
+    'none' keeps the N losses, 'sum' adds them, 'mean' divides the sum by
+    the total weight of the rows that count (w[label] summed over the rows
+    not ignored; their number when there are no weights), as PyTorch does.
+    """
 
     saved_inputs = ()  # backward reads the softmax it computed
 
-    def __init__(self, labels: Array):
-        self.labels = labels
+    def __init__(self, labels, weight, ignore_index, reduction, label_smoothing):
+        self.labels, self.weight, self.ignore_index = labels, weight, ignore_index
+        self.reduction, self.label_smoothing = reduction, label_smoothing
+
+    def _targets(self) -> tuple:
+        return self.labels, self.weight, self.ignore_index, self.label_smoothing
 
     def forward(self, logits: Array) -> Array:
-        self.backend, self.shape = get_backend(logits), logits.shape
-        if logits.shape[0] == 0:  # the mean of no values is NaN, as in PyTorch
-            return get_array_module(logits).full((), np.nan, dtype=logits.dtype)
-        loss, self.probs = self.backend.cross_entropy_forward(logits, self.labels)
-        return loss
+        xp = get_array_module(logits)
+        self.backend, self.N = get_backend(logits), logits.shape[0]
+        losses, self.probs = self.backend.cross_entropy_forward(logits, *self._targets())
+        if self.reduction == "none":
+            return losses
+        total = xp.asarray(losses.sum(), dtype=logits.dtype)
+        if self.reduction == "sum":
+            return total
+        # 'mean': the sum over the weight of the rows that count (w[label] of
+        # each row not ignored; ignore_index itself may be no class at all).
+        counted = self.labels != self.ignore_index
+        row_weight = self.weight[xp.where(counted, self.labels, 0)] * counted
+        self.total_weight = xp.asarray(row_weight.sum(), dtype=logits.dtype)
+        with np.errstate(invalid="ignore"):  # nothing counted: NaN, as PyTorch (and no warning)
+            return xp.asarray(total / self.total_weight)
 
     def backward(self, gloss: Array) -> Array:
-        if self.shape[0] == 0:
-            return get_array_module(gloss).zeros(self.shape, dtype=gloss.dtype)
-        return self.backend.cross_entropy_backward(self.probs, self.labels, gloss)
+        xp = get_array_module(gloss)
+        if self.reduction == "mean":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                gloss = gloss / self.total_weight
+        grad_losses = gloss if self.reduction == "none" else xp.broadcast_to(gloss, (self.N,))
+        return self.backend.cross_entropy_backward(self.probs, *self._targets(), grad_losses)
 
     def differentiable_backward(self, gloss: Tensor) -> Tensor:
-        """(softmax(logits) - onehot(labels)) * gloss / N, the softmax recomputed
-        from the logits Tensor (its shift by the row maximum is a constant)."""
+        """numpy_backend.cross_entropy_backward on Tensors: each row's gradient is
+        sum(q) * softmax(logits) - q for the row's target weights q (a constant),
+        the softmax recomputed from the logits Tensor (its shift by the row
+        maximum is a constant), times the row's share of gloss."""
         logits = self.inputs[0]
         xp = get_array_module(logits.data)
+        N, K = logits.shape
         e = (logits - logits.new_tensor(logits.data.max(axis=1, keepdims=True))).exp()
-        onehot = xp.zeros(logits.shape, dtype=logits.dtype)
-        onehot[xp.arange(logits.shape[0]), self.labels] = 1
-        return (e / e.sum(1, keepdim=True) - logits.new_tensor(onehot)) * (
-            gloss / max(logits.shape[0], 1)
-        )  # noqa: E501
+        probs = e / e.sum(1, keepdim=True)
+        counted = self.labels != self.ignore_index
+        y = xp.where(counted, self.labels, 0)
+        q = xp.zeros((N, K), dtype=logits.dtype)
+        q[xp.arange(N), y] = (1 - self.label_smoothing) * self.weight[y]
+        q += (self.label_smoothing / K) * self.weight
+        q *= counted[:, None]
+        row_grad = gloss.reshape(-1, 1) if self.reduction == "none" else gloss
+        if self.reduction == "mean":
+            row_grad = row_grad / logits.new_tensor(self.total_weight)
+        return (probs * logits.new_tensor(q.sum(axis=1, keepdims=True)) - logits.new_tensor(q)) * (
+            row_grad
+        )
 
 
-def cross_entropy(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
-    """Softmax cross-entropy of logits (N, K) against integer labels (N,).
+_REDUCTIONS = ("none", "mean", "sum")
 
-    Computed with log-sum-exp, so logits of +-1e4 give a finite loss.
-    reduction: "mean" (default) or "sum" over the batch.
+
+def cross_entropy(
+    input: Tensor,
+    target: Any,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """Softmax cross-entropy of logits (N, K) against integer labels (N,), as PyTorch.
+
+    Row n's loss, with y = target[n], e = label_smoothing and w the class
+    weights (all 1 when weight is None):
+
+        -(1 - e) * w[y] * log p[n, y] - (e / K) * sum_k w[k] * log p[n, k]
+
+    and 0 for a row whose label is ignore_index. reduction 'none' returns the
+    N losses, 'sum' their sum, 'mean' (default) their sum divided by the sum
+    of w[y] over the rows not ignored (NaN if every row is ignored). Computed
+    with log-sum-exp, so logits of +-1e4 give a finite loss. ``weight`` is a
+    constant (K,) array or Tensor of the input's dtype; it gets no gradient.
     """
     op = "cross_entropy"
     logits = as_tensor(input)
@@ -682,14 +876,37 @@ def cross_entropy(input: Tensor, target: Any, reduction: str = "mean") -> Tensor
         )
     if labels.dtype.kind not in "iu":
         raise TypeError(f"{op}: target must hold integer class labels, got dtype {labels.dtype}")
-    if N and (int(labels.min()) < 0 or int(labels.max()) >= K):
+    if not isinstance(ignore_index, (int, np.integer)) or isinstance(ignore_index, bool):
+        raise TypeError(f"{op}: ignore_index must be an int, got {ignore_index!r}")
+    labels = labels.astype(xp.int64, copy=False)
+    counted = labels != ignore_index
+    if N and bool(((labels < 0) | (labels >= K))[counted].any()):
+        bad = labels[counted]
         raise ValueError(
-            f"{op}: target labels must be in [0, {K}), got values in "
-            f"[{int(labels.min())}, {int(labels.max())}]"
+            f"{op}: target labels must be in [0, {K}) (or equal ignore_index={ignore_index}), "
+            f"got values in [{int(bad.min())}, {int(bad.max())}]"
         )
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"{op}: reduction must be 'mean' or 'sum', got {reduction!r}")
-    if reduction == "sum" and N == 0:  # the sum of no values is 0 (N * NaN is not)
-        return logits.sum()
-    loss = CrossEntropyFunction(labels.astype(xp.int64, copy=False))(logits)
-    return loss * N if reduction == "sum" else loss
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    numbers = (int, float, np.integer, np.floating)
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers):
+        raise TypeError(f"{op}: label_smoothing must be a float, got {label_smoothing!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    if weight is None:
+        w = xp.ones(K, dtype=logits.dtype)
+    else:
+        w = weight.data if isinstance(weight, Tensor) else weight
+        if not hasattr(w, "dtype"):
+            raise TypeError(f"{op}: weight must be an array or a Tensor, got {type(w).__name__}")
+        if get_array_module(w) is not xp and xp is np:
+            raise TypeError(f"{op}: weight is on the GPU but input is not; move it to the CPU")
+        w = xp.asarray(w)  # like target, a NumPy weight is copied to a GPU input's device
+        _check_vector(op, "weight", w, K)
+        if w.dtype != logits.dtype:
+            raise TypeError(
+                f"{op}: weight has dtype {w.dtype} but input has dtype {logits.dtype}; "
+                f"they must match (convert with .astype(np.{logits.dtype}))"
+            )
+    fn = CrossEntropyFunction(labels, w, int(ignore_index), reduction, float(label_smoothing))
+    return fn(logits)

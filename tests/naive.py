@@ -17,26 +17,30 @@ def out_size(size: int, k: int, s: int, p: int) -> int:
     return (size + 2 * p - k) // s + 1
 
 
-def conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0)) -> np.ndarray:
-    """y[n, f, oh, ow] = b[f] + sum_{c,i,j} x[n, c, oh*sh+i-ph, ow*sw+j-pw] * w[f, c, i, j]."""
+def conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1) -> np.ndarray:
+    """y[n, f, oh, ow] = b[f] + sum_{c,i,j} x[n, g*Cg + c, oh*sh + i*dh - ph, ow*sw + j*dw - pw]
+    * w[f, c, i, j], with g = f // (F / groups) the group of output channel f and
+    Cg = C / groups the input channels each group sees."""
     x = np.asarray(x, dtype=np.float64)
     w = np.asarray(w, dtype=np.float64)
     N, C, H, W = x.shape
-    F, _, kh, kw = w.shape
-    (sh, sw), (ph, pw) = stride, padding
-    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    F, Cg, kh, kw = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    OH = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    OW = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     y = np.zeros((N, F, OH, OW))
     for n in range(N):
         for f in range(F):
+            g = f // (F // groups)
             for oh in range(OH):
                 for ow in range(OW):
                     acc = 0.0 if b is None else float(b[f])
-                    for c in range(C):
+                    for c in range(Cg):
                         for i in range(kh):
                             for j in range(kw):
-                                r, s = oh * sh + i - ph, ow * sw + j - pw
+                                r, s = oh * sh + i * dh - ph, ow * sw + j * dw - pw
                                 if 0 <= r < H and 0 <= s < W:
-                                    acc += x[n, c, r, s] * w[f, c, i, j]
+                                    acc += x[n, g * Cg + c, r, s] * w[f, c, i, j]
                     y[n, f, oh, ow] = acc
     return y
 

@@ -185,8 +185,8 @@ def test_cross_entropy_float_labels():
 def test_cross_entropy_bad_input_and_reduction():
     with pytest.raises(ValueError, match=r"cross_entropy: input must be 2-D"):
         F.cross_entropy(t(2, 3, 1), np.array([0, 1]))
-    with pytest.raises(ValueError, match=r"cross_entropy: reduction must be 'mean' or 'sum'"):
-        F.cross_entropy(t(2, 3), np.array([0, 1]), reduction="none")
+    with pytest.raises(ValueError, match=r"cross_entropy: reduction must be one of"):
+        F.cross_entropy(t(2, 3), np.array([0, 1]), reduction="avg")
 
 
 # --------------------------------------------------------------------------

@@ -17,7 +17,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cuda_harness.cases import DTYPES, BackendChecks, Device, window_geometry  # noqa: E402
+from cuda_harness.cases import (  # noqa: E402
+    DTYPES,
+    BackendChecks,
+    Device,
+    dilated_geometry,
+    pool_modes,
+    window_geometry,
+)
 
 from minires.backends import cuda_backend  # noqa: E402
 
@@ -50,6 +57,29 @@ def test_im2col_col2im(checks, dtype, geometry, C, N, seed):
 
 
 @dtypes
+@given(geometry=dilated_geometry(), C=st.integers(1, 3), N=st.integers(1, 3), seed=seeds)
+def test_im2col_col2im_dilated(checks, dtype, geometry, C, N, seed):
+    H, W, kh, kw, sh, sw, ph, pw, dh, dw = geometry
+    checks.im2col(np.random.default_rng(seed), dtype, C, N, H, W, kh, kw, sh, sw, ph, pw, dh, dw)
+
+
+@dtypes
+@given(
+    geometry=dilated_geometry(max_size=7),
+    N=st.integers(1, 3),
+    groups=st.sampled_from([1, 2, 3, 8]),
+    per_group_in=st.integers(1, 3),
+    per_group_out=st.integers(1, 3),
+    seed=seeds,
+)
+def test_conv2d_groups_and_dilation(
+    checks, dtype, geometry, N, groups, per_group_in, per_group_out, seed
+):
+    rng = np.random.default_rng(seed)
+    checks.conv2d(rng, dtype, N, groups, per_group_in, per_group_out, geometry)
+
+
+@dtypes
 @given(
     C=st.integers(1, 5),
     M=st.sampled_from([1, 2, 7, 255, 256, 257, 3000]),
@@ -79,6 +109,15 @@ def test_avg_pool(checks, dtype, geometry, P, seed):
 
 
 @dtypes
+@given(modes=pool_modes(), P=st.integers(1, 4), ties=st.booleans(), seed=seeds)
+def test_pools_ceil_mode_and_count_include_pad(checks, dtype, modes, P, ties, seed):
+    *geometry, ceil_mode, count_include_pad = modes
+    rng = np.random.default_rng(seed)
+    checks.max_pool(rng, dtype, P, *geometry, ties, 0.0, ceil_mode)
+    checks.avg_pool(rng, dtype, P, *geometry, ceil_mode, count_include_pad)
+
+
+@dtypes
 @given(
     N=st.integers(1, 9),
     K=st.integers(1, 12),
@@ -88,6 +127,24 @@ def test_avg_pool(checks, dtype, geometry, P, seed):
 )
 def test_cross_entropy(checks, dtype, N, K, scale, label_dtype, seed):
     checks.cross_entropy(np.random.default_rng(seed), dtype, N, K, scale, label_dtype)
+
+
+@dtypes
+@given(
+    N=st.integers(1, 9),
+    K=st.integers(1, 12),
+    weighted=st.booleans(),
+    ignored=st.sampled_from([0.0, 0.3, 1.0]),
+    label_smoothing=st.sampled_from([0.0, 0.1, 1.0]),
+    ignore_index=st.sampled_from([-100, 0, 3]),
+    seed=seeds,
+)
+def test_cross_entropy_weights_ignore_index_smoothing(
+    checks, dtype, N, K, weighted, ignored, label_smoothing, ignore_index, seed
+):
+    rng = np.random.default_rng(seed)
+    args = (N, K, 3.0, np.int64, weighted, ignored, label_smoothing, ignore_index)
+    checks.cross_entropy(rng, dtype, *args)
 
 
 # --------------------------------------------------------------------------
@@ -105,6 +162,11 @@ def test_resnet_sized_layers(checks, dtype):
     checks.max_pool(rng, dtype, 64, 32, 32, 3, 3, 2, 2, 1, 1, False)
     checks.avg_pool(rng, dtype, 64, 8, 8, 8, 8, 1, 1, 0, 0)
     checks.cross_entropy(rng, dtype, 128, 1000)
+    checks.cross_entropy(rng, dtype, 128, 1000, 3.0, np.int64, True, 0.2, 0.1)
+    checks.conv2d(rng, dtype, 8, 32, 4, 4, (16, 16, 3, 3, 1, 1, 1, 1, 1, 1))  # ResNeXt-like
+    checks.conv2d(rng, dtype, 8, 64, 1, 1, (16, 16, 3, 3, 2, 2, 2, 2, 2, 2))  # depthwise
+    checks.max_pool(rng, dtype, 64, 32, 32, 3, 3, 2, 2, 1, 1, False, 0.0, True)
+    checks.avg_pool(rng, dtype, 64, 31, 31, 3, 3, 2, 2, 1, 1, True, False)
     big = cuda_backend.MAX_BLOCKS * cuda_backend.THREADS * 2 + 3
     checks.relu(rng, dtype, (big,))
 

@@ -26,7 +26,14 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cuda_harness import harness  # noqa: E402
-from cuda_harness.cases import DTYPES, BackendChecks, Device, window_geometry  # noqa: E402
+from cuda_harness.cases import (  # noqa: E402
+    DTYPES,
+    BackendChecks,
+    Device,
+    dilated_geometry,
+    pool_modes,
+    window_geometry,
+)
 
 from minires.backends import cuda_backend, numpy_backend  # noqa: E402
 
@@ -74,6 +81,40 @@ def test_im2col_col2im(kernels, dtype, geometry, C, N, launch, seed):
     H, W, kh, kw, sh, sw, ph, pw = geometry
     rng = np.random.default_rng(seed)
     run_checks(kernels, launch, "im2col", rng, dtype, C, N, H, W, kh, kw, sh, sw, ph, pw)
+
+
+@dtypes
+@given(
+    geometry=dilated_geometry(),
+    C=st.integers(1, 3),
+    N=st.integers(1, 2),
+    launch=launch_sizes,
+    seed=seeds,
+)
+def test_im2col_col2im_dilated(kernels, dtype, geometry, C, N, launch, seed):
+    """Dilation 1..3: offset (i, j) reads i*dh rows and j*dw columns into its window."""
+    H, W, kh, kw, sh, sw, ph, pw, dh, dw = geometry
+    rng = np.random.default_rng(seed)
+    run_checks(kernels, launch, "im2col", rng, dtype, C, N, H, W, kh, kw, sh, sw, ph, pw, dh, dw)
+
+
+@dtypes
+@given(
+    geometry=dilated_geometry(max_size=6),
+    N=st.integers(1, 2),
+    groups=st.integers(1, 3),
+    per_group_in=st.integers(1, 2),
+    per_group_out=st.integers(1, 2),
+    launch=launch_sizes,
+    seed=seeds,
+)
+def test_conv2d_groups_and_dilation(
+    kernels, dtype, geometry, N, groups, per_group_in, per_group_out, launch, seed
+):
+    """cuda_backend.conv2d_forward/backward (kernels and batched GEMM) equal numpy_backend's."""
+    rng = np.random.default_rng(seed)
+    args = (rng, dtype, N, groups, per_group_in, per_group_out, geometry)
+    run_checks(kernels, launch, "conv2d", *args)
 
 
 @dtypes
@@ -168,6 +209,16 @@ def test_avg_pool(kernels, dtype, geometry, P, launch, seed):
 
 
 @dtypes
+@given(modes=pool_modes(), P=st.integers(1, 3), ties=st.booleans(), launch=launch_sizes, seed=seeds)
+def test_pools_ceil_mode_and_count_include_pad(kernels, dtype, modes, P, ties, launch, seed):
+    """ceil_mode's extra last window (past the padding) and both divisor rules."""
+    *geometry, ceil_mode, count_include_pad = modes
+    rng = np.random.default_rng(seed)
+    run_checks(kernels, launch, "max_pool", rng, dtype, P, *geometry, ties, 0.0, ceil_mode)
+    run_checks(kernels, launch, "avg_pool", rng, dtype, P, *geometry, ceil_mode, count_include_pad)
+
+
+@dtypes
 @given(
     N=st.integers(1, 9),
     K=st.integers(1, 12),
@@ -179,6 +230,26 @@ def test_avg_pool(kernels, dtype, geometry, P, launch, seed):
 def test_cross_entropy(kernels, dtype, N, K, scale, label_dtype, launch, seed):
     rng = np.random.default_rng(seed)
     run_checks(kernels, launch, "cross_entropy", rng, dtype, N, K, scale, label_dtype)
+
+
+@dtypes
+@given(
+    N=st.integers(1, 9),
+    K=st.integers(1, 12),
+    weighted=st.booleans(),
+    ignored=st.sampled_from([0.0, 0.3, 1.0]),
+    label_smoothing=st.sampled_from([0.0, 0.1, 1.0]),
+    ignore_index=st.sampled_from([-100, 0, 3]),
+    launch=launch_sizes,
+    seed=seeds,
+)
+def test_cross_entropy_weights_ignore_index_smoothing(
+    kernels, dtype, N, K, weighted, ignored, label_smoothing, ignore_index, launch, seed
+):
+    """Class weights, ignored rows (ignore_index also a real class) and label smoothing."""
+    rng = np.random.default_rng(seed)
+    args = (rng, dtype, N, K, 3.0, np.int64, weighted, ignored, label_smoothing, ignore_index)
+    run_checks(kernels, launch, "cross_entropy", *args)
 
 
 # --------------------------------------------------------------------------
@@ -273,22 +344,25 @@ def test_cross_entropy_extreme_logits(kernels, dtype):
     """log-sum-exp keeps the loss finite for logits of +-1e4 (exp alone overflows)."""
     logits = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]], dtype=dtype)
     labels = np.array([1, 2])
+    targets = (labels, np.ones(3, dtype), -100, 0.1)
     with harness.cpu_cuda_backend(cuda_backend, kernels):
-        loss, probs = cuda_backend.cross_entropy_forward(logits, labels)
-    loss_np, probs_np = numpy_backend.cross_entropy_forward(logits, labels)
-    assert np.isfinite(loss) and loss.dtype == dtype and loss.shape == ()
+        loss, probs = cuda_backend.cross_entropy_forward(logits, *targets)
+    loss_np, probs_np = numpy_backend.cross_entropy_forward(logits, *targets)
+    assert np.isfinite(loss).all() and loss.dtype == dtype and loss.shape == (2,)
     np.testing.assert_allclose(loss, loss_np, rtol=1e-6)
     np.testing.assert_allclose(probs, probs_np, atol=1e-7)
 
 
 def test_cross_entropy_bad_label_gives_nan(kernels):
-    """An out-of-range label is never used as an index: the loss is NaN, not a stray read."""
-    logits = np.zeros((2, 3))
+    """An out-of-range label (not ignore_index) is never used as an index: its
+    row's loss and gradient are NaN, not a stray read; an ignored row gives 0."""
+    logits, w = np.zeros((3, 3)), np.ones(3)
+    labels = np.array([0, 3, -100])
     with harness.cpu_cuda_backend(cuda_backend, kernels):
-        loss, _ = cuda_backend.cross_entropy_forward(logits, np.array([0, 3]))
-        g = cuda_backend.cross_entropy_backward(np.full((2, 3), 1 / 3), np.array([0, -1]), 1.0)
-    assert np.isnan(loss)
-    np.testing.assert_allclose(g[1], np.full(3, 1 / 6))
+        loss, probs = cuda_backend.cross_entropy_forward(logits, labels, w, -100, 0.0)
+        g = cuda_backend.cross_entropy_backward(probs, labels, w, -100, 0.0, np.ones(3))
+    assert np.isfinite(loss[0]) and np.isnan(loss[1]) and loss[2] == 0
+    assert np.isfinite(g[0]).all() and np.isnan(g[1]).all() and (g[2] == 0).all()
 
 
 def test_empty_outputs_launch_nothing(kernels):
@@ -325,7 +399,9 @@ def test_dtype_errors(kernels):
                 x, np.ones(2), np.zeros(2, np.float32), 1e-5, None, None, 0.1
             )
         with pytest.raises(TypeError, match="integer"):
-            cuda_backend.cross_entropy_forward(x, np.zeros(2, np.float32))
+            cuda_backend.cross_entropy_forward(x, np.zeros(2, np.float32), np.ones(4), -100, 0.0)
+        with pytest.raises(TypeError, match="float64 but the other inputs are float32"):
+            cuda_backend.cross_entropy_forward(x, np.zeros(2, np.int64), np.ones(4), -100, 0.0)
         with pytest.raises(TypeError, match="array"):
             cuda_backend.relu_forward([1.0, 2.0])
 

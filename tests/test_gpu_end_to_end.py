@@ -46,6 +46,22 @@ OPS = {
         F.linear(F.flatten(F.adaptive_avg_pool2d(x, 1), 1), w.reshape(4, -1)[:, :4]),
         np.array([0, 3, 1]),
     ),
+    "conv_dilated_groups": lambda x, w: F.conv2d(x, w[:, :2], padding="same", dilation=2, groups=2),
+    "conv_depthwise": lambda x, w: F.conv2d(x, w[:, :1], stride=2, padding=1, groups=4),
+    "pools_ceil": lambda x, w: (
+        w.sum()
+        * (
+            F.max_pool2d(x, 3, 2, 1, ceil_mode=True)
+            + F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False)
+        )
+    ),
+    "head_weighted": lambda x, w: F.cross_entropy(
+        F.linear(F.flatten(F.adaptive_avg_pool2d(x, 1), 1), w.reshape(4, -1)[:, :4]),
+        np.array([0, 3, -100]),
+        np.linspace(0.5, 2.0, 4).astype(x.dtype),
+        reduction="none",
+        label_smoothing=0.1,
+    ),
 }
 
 

@@ -103,6 +103,56 @@ def test_conv_bn_relu_residual_block_and_loss(rng, stride, padding):
     compare(ours, theirs, rng, [(3, 3, 3, 3), (3,), (3,), (5, 3)], rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "groups, dilation, padding, kernel",
+    [(2, 1, 1, 3), (1, 2, 2, 3), (3, 2, "same", 2), (6, 1, "valid", 3)],
+)
+def test_grouped_dilated_conv_and_weighted_smoothed_loss(rng, groups, dilation, padding, kernel):
+    """Second derivatives through the input and the weight of a grouped,
+    dilated or 'same'-padded convolution (an even kernel pads one side more)
+    and through cross_entropy with class weights, ignore_index and smoothing."""
+    labels = np.array([0, 4, 1, 2])
+    weight = rng.uniform(0.5, 2.0, 5)
+
+    def ours(x, w, fc):
+        h = F.conv2d(x, w, stride=1, padding=padding, dilation=dilation, groups=groups)
+        logits = F.linear(F.flatten(F.adaptive_avg_pool2d(F.relu(h) * h, 1), 1), fc)
+        return F.cross_entropy(
+            logits, labels, weight=mr.tensor(weight), ignore_index=2, label_smoothing=0.1
+        )
+
+    def theirs(x, w, fc):
+        h = TF.conv2d(x, w, stride=1, padding=padding, dilation=dilation, groups=groups)
+        logits = TF.linear(torch.flatten(TF.adaptive_avg_pool2d(TF.relu(h) * h, 1), 1), fc)
+        return TF.cross_entropy(
+            logits,
+            torch.tensor(labels),
+            weight=torch.tensor(weight),
+            ignore_index=2,
+            label_smoothing=0.1,
+        )
+
+    shapes = [(4, 6, 7, 7), (6, 6 // groups, kernel, kernel), (5, 6)]
+    compare(ours, theirs, rng, shapes, rtol=1e-5)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_cross_entropy_reductions(rng, reduction):
+    x, labels, scale = rng.standard_normal((6, 4)), np.array([0, 2, 1, 2, 3, 1]), np.arange(6.0)
+
+    def ours(w):
+        loss = F.cross_entropy(mr.tensor(x) @ w, labels, ignore_index=1, reduction=reduction)
+        return (loss * mr.tensor(scale)).sum() if reduction == "none" else loss
+
+    def theirs(w):
+        loss = TF.cross_entropy(
+            torch.tensor(x) @ w, torch.tensor(labels), ignore_index=1, reduction=reduction
+        )
+        return (loss * torch.tensor(scale)).sum() if reduction == "none" else loss
+
+    compare(ours, theirs, rng, [(4, 5)])
+
+
 def test_batch_norm_in_eval_mode_and_a_conv_bias(rng):
     x = rng.standard_normal((3, 2, 5, 5))
     mean, var = rng.standard_normal(2), rng.uniform(0.5, 2.0, 2)

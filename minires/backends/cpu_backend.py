@@ -54,21 +54,33 @@ def _blas_guarded(op: Callable) -> Callable:
 # --------------------------------------------------------------------------
 
 
-def im2col(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int) -> np.ndarray:
+def im2col(
+    x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, dh: int = 1, dw: int = 1
+) -> np.ndarray:
     """numpy_backend.im2col, its rows built by blocks of channels in threads."""
     C, N, H, W = x.shape
-    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    OH = out_size(H, reference.span(kh, dh), sh, ph)
+    OW = out_size(W, reference.span(kw, dw), sw, pw)
     col = np.empty((C, kh, kw, N, OH, OW), dtype=x.dtype)
 
     def rows(c: slice) -> None:
-        reference.im2col(x[c], kh, kw, sh, sw, ph, pw, out=col[c])
+        reference.im2col(x[c], kh, kw, sh, sw, ph, pw, dh, dw, out=col[c])
 
     parallel.for_rows(C, rows, work=col.size)
     return col.reshape(C * kh * kw, N * OH * OW)
 
 
 def col2im(
-    col: np.ndarray, x_shape: tuple, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int
+    col: np.ndarray,
+    x_shape: tuple,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    dh: int = 1,
+    dw: int = 1,
 ) -> np.ndarray:
     """numpy_backend.col2im by blocks of channels in threads (a channel's pixels
     receive only its own rows of col)."""
@@ -77,17 +89,62 @@ def col2im(
 
     def rows(c: slice) -> None:
         block = (c.stop - c.start, *x_shape[1:])
-        x[c] = reference.col2im(col[c.start * K : c.stop * K], block, kh, kw, sh, sw, ph, pw)
+        x[c] = reference.col2im(
+            col[c.start * K : c.stop * K], block, kh, kw, sh, sw, ph, pw, dh, dw
+        )
 
     parallel.for_rows(C, rows, work=col.size)
     return x
 
 
-def _shifted(w: np.ndarray, stride: tuple[int, int], padding: tuple[int, int]) -> bool:
-    """Whether the shifted GEMMs apply: stride 1, a kernel larger than 1x1 (a 1x1
-    convolution already is a plain GEMM), and a padding the layout supports."""
+def _shifted(
+    w: np.ndarray,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+) -> bool:
+    """Whether the shifted GEMMs apply: one group, stride 1, a kernel larger than
+    1x1 (a 1x1 convolution already is a plain GEMM), and a padding the layout
+    supports. (A dilated kernel is still a set of constant shifts.)"""
     kh, kw = w.shape[2:]
-    return stride == (1, 1) and (kh, kw) != (1, 1) and shifted_conv.supported(kh, kw, *padding)
+    return (
+        groups == 1
+        and stride == (1, 1)
+        and (kh, kw) != (1, 1)
+        and shifted_conv.supported(kh, kw, *padding, *dilation)
+    )
+
+
+def _group_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The reference's batched GEMM a (G, M, K) @ b (G, K, L), on every core.
+
+    One group (an ordinary convolution) is parallel.matmul's split of the
+    columns among the threads; several groups are shared out, a block of
+    whole groups per thread.
+    """
+    if a.shape[0] == 1:
+        return parallel.matmul(a[0], b[0])[None]
+    out = np.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=np.result_type(a, b))
+
+    def groups(g: slice) -> None:
+        np.matmul(a[g], b[g], out=out[g])
+
+    parallel.for_rows(a.shape[0], groups, work=out.size * a.shape[2])
+    return out
+
+
+def _group_matmul_t(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a (G, M, L) @ b (G, K, L) transposed, -> (G, M, K): the weight gradient's product."""
+    if a.shape[0] == 1:
+        return parallel.matmul_t(a[0], b[0])[None]
+    out = np.empty((a.shape[0], a.shape[1], b.shape[1]), dtype=np.result_type(a, b))
+
+    def groups(g: slice) -> None:
+        np.matmul(a[g], b[g].swapaxes(1, 2), out=out[g])
+
+    parallel.for_rows(a.shape[0], groups, work=out.size * a.shape[2])
+    return out
 
 
 @_blas_guarded
@@ -97,14 +154,17 @@ def conv2d_forward(
     b: np.ndarray | None,
     stride: tuple[int, int],
     padding: tuple[int, int],
+    dilation: tuple[int, int] = (1, 1),
+    groups: int = 1,
 ) -> tuple[np.ndarray, tuple]:
-    """As numpy_backend.conv2d_forward: shifted GEMMs at stride 1, else a threaded GEMM."""
-    if not _shifted(w, stride, padding) or x.shape[0] == 0:
+    """As numpy_backend.conv2d_forward: shifted GEMMs at stride 1 with one group,
+    else im2col and a threaded (batched) GEMM."""
+    if not _shifted(w, stride, padding, dilation, groups) or x.shape[0] == 0:
         return reference.conv2d_forward(
-            x, w, b, stride, padding, im2col=im2col, matmul=parallel.matmul
+            x, w, b, stride, padding, dilation, groups, im2col=im2col, matmul=_group_matmul
         )
     N, C, H, W = x.shape
-    geometry = shifted_conv.Geometry(N, H, W, *w.shape[2:], *padding)
+    geometry = shifted_conv.Geometry(N, H, W, *w.shape[2:], *padding, *dilation)
     xc = to_channel_major(x)
     y = shifted_conv.conv_forward(xc, w, geometry)
     if b is not None:
@@ -119,7 +179,7 @@ def conv2d_backward(
     """As numpy_backend.conv2d_backward, for what conv2d_forward above saved."""
     if not isinstance(saved[2], shifted_conv.Geometry):
         return reference.conv2d_backward(
-            gy, saved, needs_grad, im2col, col2im, parallel.matmul, parallel.matmul_t
+            gy, saved, needs_grad, im2col, col2im, matmul=_group_matmul, matmul_t=_group_matmul_t
         )
     xc, w, geometry = saved
     gyc = to_channel_major(gy)

@@ -46,6 +46,7 @@ import numpy as np
 
 from . import numpy_backend
 from .layout import out_size
+from .numpy_backend import pool_out_size, span
 
 # Threads per block of the elementwise kernels, and the most blocks a launch
 # asks for (a grid-stride loop covers the rest). 4096 blocks of 256 threads
@@ -288,18 +289,21 @@ def _launch_per_channel(name: str, dtype: np.dtype, C: int, M: int, args: tuple)
 # --------------------------------------------------------------------------
 
 
-def im2col(x: Any, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int) -> Any:
+def im2col(
+    x: Any, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, dh: int = 1, dw: int = 1
+) -> Any:
     """(C, N, H, W) -> (C*kh*kw, N*OH*OW): one column per output pixel.
 
-    Row (c, i, j) holds x[c, n, oh*sh + i - ph, ow*sw + j - pw] for every
-    output pixel (n, oh, ow), 0 outside the image. One thread per entry.
+    Row (c, i, j) holds x[c, n, oh*sh + i*dh - ph, ow*sw + j*dw - pw] for every
+    output pixel (n, oh, ow), 0 outside the image (dilation dh, dw). One
+    thread per entry.
     """
     cp = _cupy()
     x = _float_array(x, "im2col: x")
     C, N, H, W = x.shape
-    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    OH, OW = out_size(H, span(kh, dh), sh, ph), out_size(W, span(kw, dw), sw, pw)
     col = cp.empty((C * kh * kw, N * OH * OW), dtype=x.dtype)
-    geometry = _ints(C, N, H, W, kh, kw, sh, sw, ph, pw, OH, OW)
+    geometry = _ints(C, N, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW)
     _check_size(x.size)
     _launch("im2col", x.dtype, col.size, (x, col, *geometry))
     return col
@@ -314,6 +318,8 @@ def col2im(
     sw: int,
     ph: int,
     pw: int,
+    dh: int = 1,
+    dw: int = 1,
 ) -> Any:
     """(C*kh*kw, N*OH*OW) -> (C, N, H, W), the adjoint of :func:`im2col`.
 
@@ -323,23 +329,32 @@ def col2im(
     cp = _cupy()
     col = _float_array(col, "col2im: col")
     C, N, H, W = x_shape
-    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    OH, OW = out_size(H, span(kh, dh), sh, ph), out_size(W, span(kw, dw), sw, pw)
     if col.shape != (C * kh * kw, N * OH * OW):
         raise ValueError(
             f"col2im: col has shape {col.shape}, expected {(C * kh * kw, N * OH * OW)} "
             f"for x_shape {tuple(x_shape)}"
         )
     x = cp.empty((C, N, H, W), dtype=col.dtype)
-    geometry = _ints(C, N, H, W, kh, kw, sh, sw, ph, pw, OH, OW)
+    geometry = _ints(C, N, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW)
     _check_size(col.size)
     _launch("col2im", col.dtype, x.size, (col, x, *geometry))
     return x
 
 
-def conv2d_forward(x: Any, w: Any, b: Any, stride: tuple, padding: tuple) -> tuple[Any, tuple]:
-    """numpy_backend.conv2d_forward (im2col + one GEMM) with this file's im2col
-    kernel; the GEMM is CuPy's matmul, i.e. cuBLAS."""
-    return numpy_backend.conv2d_forward(x, w, b, stride, padding, im2col=im2col)
+def conv2d_forward(
+    x: Any,
+    w: Any,
+    b: Any,
+    stride: tuple,
+    padding: tuple,
+    dilation: tuple = (1, 1),
+    groups: int = 1,
+) -> tuple[Any, tuple]:
+    """numpy_backend.conv2d_forward (im2col + one GEMM, batched over the groups)
+    with this file's im2col kernel; the GEMM is CuPy's matmul, i.e. cuBLAS
+    (a strided batched GEMM over the groups)."""
+    return numpy_backend.conv2d_forward(x, w, b, stride, padding, dilation, groups, im2col=im2col)
 
 
 def conv2d_backward(gy: Any, saved: tuple, needs_grad: tuple) -> tuple[Any, ...]:
@@ -492,18 +507,19 @@ def relu_backward(gy: Any, y: Any) -> Any:
 
 
 def max_pool_forward(
-    x: Any, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int
+    x: Any, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, ceil_mode: bool = False
 ) -> tuple[Any, Any]:
     """(P, H, W) -> (y (P, OH, OW), argmax int32 (P, OH, OW)).
 
     argmax is the offset i*kw + j of each window's first maximum; a window
     holding a NaN gives NaN and points at its last NaN (as PyTorch);
-    padding is -inf. One thread per output pixel.
+    padding, and the part of a ceil_mode window past it, is -inf. One thread
+    per output pixel.
     """
     cp = _cupy()
     x = _float_array(x, "max_pool_forward: x")
     P, H, W = x.shape
-    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    OH, OW = pool_out_size(H, kh, sh, ph, ceil_mode), pool_out_size(W, kw, sw, pw, ceil_mode)
     y = cp.empty((P, OH, OW), dtype=x.dtype)
     argmax = cp.empty((P, OH, OW), dtype=np.int32)
     geometry = _ints(P, H, W, kh, kw, sh, sw, ph, pw, OH, OW)
@@ -544,14 +560,25 @@ def max_pool_backward(
     return gx
 
 
-def avg_pool_forward(x: Any, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int) -> Any:
-    """(P, H, W) -> (P, OH, OW) window means; padding counts in the divisor."""
+def avg_pool_forward(
+    x: Any,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+) -> Any:
+    """(P, H, W) -> (P, OH, OW) window means, with PyTorch's divisor
+    (numpy_backend.avg_pool_divisor, computed per window by the kernel)."""
     cp = _cupy()
     x = _float_array(x, "avg_pool_forward: x")
     P, H, W = x.shape
-    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    OH, OW = pool_out_size(H, kh, sh, ph, ceil_mode), pool_out_size(W, kw, sw, pw, ceil_mode)
     y = cp.empty((P, OH, OW), dtype=x.dtype)
-    geometry = _ints(P, H, W, kh, kw, sh, sw, ph, pw, OH, OW)
+    geometry = _ints(P, H, W, kh, kw, sh, sw, ph, pw, OH, OW, count_include_pad)
     _check_size(x.size)
     _launch("avg_pool_forward", x.dtype, y.size, (x, y, *geometry))
     return y
@@ -566,14 +593,15 @@ def avg_pool_backward(
     sw: int,
     ph: int,
     pw: int,
+    count_include_pad: bool = True,
 ) -> Any:
-    """gy (P, OH, OW) -> gx (P, H, W): each window spreads gy / (kh*kw) over its pixels."""
+    """gy (P, OH, OW) -> gx (P, H, W): each window spreads gy / divisor over its pixels."""
     cp = _cupy()
     gy = _float_array(gy, "avg_pool_backward: gy")
     P, H, W = x_shape
     OH, OW = gy.shape[1:]
     gx = cp.empty((P, H, W), dtype=gy.dtype)
-    geometry = _ints(P, H, W, kh, kw, sh, sw, ph, pw, OH, OW)
+    geometry = _ints(P, H, W, kh, kw, sh, sw, ph, pw, OH, OW, count_include_pad)
     _check_size(gy.size)
     _launch("avg_pool_backward", gy.dtype, gx.size, (gy, gx, *geometry))
     return gx
@@ -597,47 +625,67 @@ def _labels(labels: Any, N: int) -> Any:
     return cp.ascontiguousarray(labels, dtype=np.int64)
 
 
-def cross_entropy_forward(logits: Any, labels: Any) -> tuple[Any, Any]:
-    """logits (N, K), labels (N,) -> (loss 0-d, probs (N, K) softmax).
+def cross_entropy_forward(
+    logits: Any, labels: Any, weight: Any, ignore_index: int, label_smoothing: float
+) -> tuple[Any, Any]:
+    """logits (N, K), labels (N,), weight (K,) -> (losses (N,), probs (N, K) softmax).
 
-    loss is the mean over rows of -log softmax(logits)[n, labels[n]], by
-    log-sum-exp. One thread per row writes the row's probabilities and loss;
-    CuPy's mean finishes the reduction over rows. A label outside [0, K)
-    makes the loss NaN (the kernel never indexes with it).
+    Each row's loss by PyTorch's formula (numpy_backend.cross_entropy_forward),
+    by log-sum-exp; 0 where the label is ignore_index. One thread per row
+    writes the row's probabilities and loss. A label outside [0, K) that is
+    not ignore_index makes its loss NaN (the kernel never indexes with it).
     """
     cp = _cupy()
     logits = _float_array(logits, "cross_entropy_forward: logits")
+    T = logits.dtype
     N, K = logits.shape
     if K == 0:
         raise ValueError("cross_entropy_forward: logits must have at least one class (K >= 1)")
     labels = _labels(labels, N)
-    probs = cp.empty((N, K), dtype=logits.dtype)
-    row_loss = cp.empty(N, dtype=logits.dtype)
+    weight = _float_array(weight, "cross_entropy_forward: weight", T)
+    if weight.shape != (K,):
+        raise ValueError(
+            f"cross_entropy_forward: weight must have shape ({K},), got {weight.shape}"
+        )
+    probs = cp.empty((N, K), dtype=T)
+    losses = cp.empty(N, dtype=T)
     _check_size(logits.size)
-    _launch(
-        "cross_entropy_forward", logits.dtype, N, (logits, labels, probs, row_loss, *_ints(N, K))
-    )
-    # .mean() is a 0-d array on CuPy (a scalar on NumPy, hence asarray).
-    loss = cp.asarray(row_loss.mean(), dtype=logits.dtype)
-    return loss, probs
+    args = (*_ints(N, K), np.int64(ignore_index), T.type(label_smoothing))
+    _launch("cross_entropy_forward", T, N, (logits, labels, weight, probs, losses, *args))
+    return losses, probs
 
 
-def cross_entropy_backward(probs: Any, labels: Any, gloss: Any) -> Any:
-    """glogits = (probs - onehot(labels)) * gloss / N, shape (N, K).
+def cross_entropy_backward(
+    probs: Any,
+    labels: Any,
+    weight: Any,
+    ignore_index: int,
+    label_smoothing: float,
+    grad_losses: Any,
+) -> Any:
+    """glogits (N, K) for grad_losses (N,), the gradient of each row's loss:
+    (sum(q) * probs - q) * grad_losses for the row's target weights q, 0 for
+    an ignored row (numpy_backend.cross_entropy_backward).
 
-    gloss (the gradient of the mean loss, 0-d) stays on the GPU: the kernel
-    reads it from memory, so the host never waits for its value.
+    grad_losses and the sum of the weights stay on the GPU: the kernel reads
+    them from memory, so the host never waits for their values.
     """
     cp = _cupy()
     probs = _float_array(probs, "cross_entropy_backward: probs")
+    T = probs.dtype
     N, K = probs.shape
     labels = _labels(labels, N)
-    gloss = cp.asarray(gloss, dtype=probs.dtype).reshape(1)
-    glogits = cp.empty((N, K), dtype=probs.dtype)
+    weight = _float_array(weight, "cross_entropy_backward: weight", T)
+    grad_losses = _float_array(
+        cp.broadcast_to(cp.asarray(grad_losses, dtype=T), (N,)), "cross_entropy_backward: grad"
+    )
+    weight_sum = cp.asarray(weight.sum(), dtype=T).reshape(1)
+    glogits = cp.empty((N, K), dtype=T)
+    args = (*_ints(N, K), np.int64(ignore_index), T.type(label_smoothing))
     _launch(
         "cross_entropy_backward",
-        probs.dtype,
+        T,
         probs.size,
-        (probs, labels, gloss, glogits, *_ints(N, K)),
+        (probs, labels, weight, weight_sum, grad_losses, glogits, *args),
     )
     return glogits

@@ -24,26 +24,47 @@ from .layout import from_channel_major, out_size, to_channel_major
 # --------------------------------------------------------------------------
 
 
+def span(k: int, d: int) -> int:
+    """How many input pixels a kernel of size ``k`` with dilation ``d`` spans: d*(k-1) + 1.
+
+    A dilated kernel reads every d-th pixel; for the output size it is simply
+    a larger kernel with holes in it.
+    """
+    return d * (k - 1) + 1
+
+
 def im2col(
-    x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, out: Any = None
+    x: np.ndarray,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    dh: int = 1,
+    dw: int = 1,
+    out: Any = None,
 ) -> np.ndarray:
     """(C, N, H, W) -> (C*kh*kw, N*OH*OW): one column per output pixel.
 
     Row (c, i, j) of the result holds, for every output pixel (n, oh, ow), the
-    input value x[c, n, oh*sh + i - ph, ow*sw + j - pw] (0 outside the image).
-    For a fixed kernel offset (i, j) that is a strided slice of the padded
-    input, so the whole matrix is built with kh*kw slice copies. Because x is
-    channel-major, each copied row is a run of OW contiguous values.
+    input value x[c, n, oh*sh + i*dh - ph, ow*sw + j*dw - pw] (0 outside the
+    image): kernel offset (i, j) sits i*dh rows and j*dw columns into the
+    window (dilation dh, dw; 1 is the plain, dense kernel). For a fixed
+    offset that is a strided slice of the padded input, so the whole matrix
+    is built with kh*kw slice copies. Because x is channel-major, each copied
+    row is a run of OW contiguous values.
     ``out``, if given, is the (C, kh, kw, N, OH, OW) array to fill.
     """
     C, N, H, W = x.shape
-    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    OH, OW = out_size(H, span(kh, dh), sh, ph), out_size(W, span(kw, dw), sw, pw)
     if ph or pw:
         x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     col = np.empty((C, kh, kw, N, OH, OW), dtype=x.dtype) if out is None else out
     for i in range(kh):
         for j in range(kw):
-            col[:, i, j] = x[:, :, i : i + sh * OH : sh, j : j + sw * OW : sw]
+            r, s = i * dh, j * dw  # where offset (i, j) sits in the window
+            col[:, i, j] = x[:, :, r : r + sh * OH : sh, s : s + sw * OW : sw]
     return col.reshape(C * kh * kw, N * OH * OW)
 
 
@@ -56,6 +77,8 @@ def col2im(
     sw: int,
     ph: int,
     pw: int,
+    dh: int = 1,
+    dw: int = 1,
 ) -> np.ndarray:
     """(C*kh*kw, N*OH*OW) -> (C, N, H, W), the adjoint of :func:`im2col`.
 
@@ -64,19 +87,20 @@ def col2im(
     slice back in place does that sum: kh*kw strided adds, no scatter.
     """
     C, N, H, W = x_shape
-    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    OH, OW = out_size(H, span(kh, dh), sh, ph), out_size(W, span(kw, dw), sw, pw)
     col6 = col.reshape(C, kh, kw, N, OH, OW)
     x = np.zeros((C, N, H + 2 * ph, W + 2 * pw), dtype=col.dtype)
     for i in range(kh):
         for j in range(kw):
-            x[:, :, i : i + sh * OH : sh, j : j + sw * OW : sw] += col6[:, i, j]
+            r, s = i * dh, j * dw
+            x[:, :, r : r + sh * OH : sh, s : s + sw * OW : sw] += col6[:, i, j]
     if ph or pw:
         x = np.ascontiguousarray(x[:, :, ph : ph + H, pw : pw + W])
     return x
 
 
 def _matmul_t(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return a @ b.T
+    return a @ b.swapaxes(-1, -2)
 
 
 def conv2d_forward(
@@ -85,14 +109,23 @@ def conv2d_forward(
     b: np.ndarray | None,
     stride: tuple[int, int],
     padding: tuple[int, int],
+    dilation: tuple[int, int] = (1, 1),
+    groups: int = 1,
     im2col: Callable = im2col,
     matmul: Callable = operator.matmul,
 ) -> tuple[np.ndarray, tuple]:
-    """y = conv(x, w) + b: x (N, C, H, W), w (F, C, kh, kw), b (F,) -> y (N, F, OH, OW).
+    """y = conv(x, w) + b: x (N, C, H, W), w (F, Cg, kh, kw), b (F,) -> y (N, F, OH, OW).
 
-        col = im2col(x)                (C*kh*kw, N*OH*OW)
-        y   = w.reshape(F, -1) @ col   (F, N*OH*OW): channel-major, returned as
-                                       an (N, F, OH, OW) view with no copy
+        col = im2col(x)          (C*kh*kw, N*OH*OW), seen as (G, Cg*kh*kw, N*OH*OW)
+        y   = w @ col            w seen as (G, F/G, Cg*kh*kw); y (G, F/G, N*OH*OW)
+                                 is channel-major, returned as an (N, F, OH, OW) view
+
+    With G = groups, the channels split into G independent convolutions of
+    Cg = C/G input channels each: output channels [g*F/G, (g+1)*F/G) see only
+    input channels [g*Cg, (g+1)*Cg), whose rows of col are consecutive. So
+    the product is one *batched* GEMM, one (F/G, Cg*kh*kw) by
+    (Cg*kh*kw, N*OH*OW) product per group. G = 1 is the ordinary convolution
+    (a batch of one GEMM), G = C a depthwise one.
 
     Returns y and what conv2d_backward needs: the channel-major input, not
     col (kh*kw times larger, rebuilt when the weight gradient needs it). The
@@ -100,11 +133,15 @@ def conv2d_forward(
     fast CPU backend with a GEMM split among threads.
     """
     N, C, H, W = x.shape
-    F, _, kh, kw = w.shape
-    OH, OW = out_size(H, kh, stride[0], padding[0]), out_size(W, kw, stride[1], padding[1])
+    F, Cg, kh, kw = w.shape  # Cg = C / groups input channels per group
+    G = groups
+    OH = out_size(H, span(kh, dilation[0]), stride[0], padding[0])
+    OW = out_size(W, span(kw, dilation[1]), stride[1], padding[1])
     xc = to_channel_major(x)
-    saved = (xc, w, stride, padding)
-    y = matmul(w.reshape(F, -1), _columns(saved, im2col)).reshape(F, N, OH, OW)
+    saved = (xc, w, stride, padding, dilation, groups)
+    col = _columns(saved, im2col).reshape(G, Cg * kh * kw, N * OH * OW)
+    y = matmul(w.reshape(G, F // G, Cg * kh * kw), col)
+    y = y.reshape(F, N, OH, OW)
     if b is not None:
         y += b[:, None, None, None]
     return from_channel_major(y), saved
@@ -124,36 +161,40 @@ def conv2d_backward(
     gw = gy @ col.T            the forward GEMM, transposed
     gx = col2im(w.T @ gy)      each column scattered back to its pixels
     gb = gy summed over (N, OH, OW)
+    Each product is batched over the G groups, as the forward's.
     """
-    xc, w, stride, padding = saved
-    F, _, kh, kw = w.shape
-    gy2 = to_channel_major(gy).reshape(F, -1)
+    xc, w, stride, padding, dilation, groups = saved
+    F, Cg, kh, kw = w.shape
+    G, L = groups, gy.shape[0] * gy.shape[2] * gy.shape[3]  # L = N*OH*OW
+    gy2 = to_channel_major(gy).reshape(G, F // G, L)
+    w3 = w.reshape(G, F // G, Cg * kh * kw)
     gx = gw = gb = None
     if len(needs_grad) > 2 and needs_grad[2]:
-        gb = gy2.sum(axis=1)
+        gb = gy2.sum(axis=2).reshape(F)
     if needs_grad[0]:
-        gcol = matmul(w.reshape(F, -1).T, gy2)
+        gcol = matmul(w3.swapaxes(1, 2), gy2).reshape(G * Cg * kh * kw, L)
         if _is_one_by_one(saved):
             gx = gcol.reshape(xc.shape)
         else:
-            gx = col2im(gcol, xc.shape, kh, kw, *stride, *padding)
+            gx = col2im(gcol, xc.shape, kh, kw, *stride, *padding, *dilation)
         gx = from_channel_major(gx)
     if needs_grad[1]:
-        gw = matmul_t(gy2, _columns(saved, im2col)).reshape(w.shape)
+        col = _columns(saved, im2col).reshape(G, Cg * kh * kw, L)
+        gw = matmul_t(gy2, col).reshape(w.shape)
     return gx, gw, gb
 
 
 def _is_one_by_one(saved: tuple) -> bool:
     """A 1x1 kernel, stride 1, no padding: the input already is the column matrix."""
-    xc, w, stride, padding = saved
+    xc, w, stride, padding = saved[:4]
     return w.shape[2:] == (1, 1) and stride == (1, 1) and padding == (0, 0)
 
 
 def _columns(saved: tuple, im2col: Callable) -> np.ndarray:
-    xc, w, stride, padding = saved
+    xc, w, stride, padding, dilation, _ = saved
     if _is_one_by_one(saved):
         return xc.reshape(xc.shape[0], -1)
-    return im2col(xc, *w.shape[2:], *stride, *padding)
+    return im2col(xc, *w.shape[2:], *stride, *padding, *dilation)
 
 
 # --------------------------------------------------------------------------
@@ -246,13 +287,54 @@ def relu_backward(gy: np.ndarray, y: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
+def pool_out_size(size: int, k: int, s: int, p: int, ceil_mode: bool = False) -> int:
+    """Windows along one axis: PyTorch's rule for max_pool2d / avg_pool2d.
+
+    Floor mode counts the windows that fit inside the padded input. ceil_mode
+    rounds up instead, adding a last window that runs past the padding, but
+    only if it starts inside the input or the left padding: a window that
+    would start in the right padding is dropped.
+    """
+    if not ceil_mode:
+        return out_size(size, k, s, p)
+    n = -(-(size + 2 * p - k) // s) + 1  # ceiling division
+    if (n - 1) * s >= size + p:
+        n -= 1
+    return n
+
+
+def _padded(size: int, k: int, s: int, p: int, n_out: int) -> int:
+    """Length of the padded axis that n_out windows read: the input with p on
+    each side, or more where a ceil_mode window runs past the padding."""
+    return max(size + 2 * p, (n_out - 1) * s + k)
+
+
+def _pad_planes(
+    x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, OH: int, OW: int, value
+) -> np.ndarray:
+    """x (P, H, W) padded with ``value`` so that all OH x OW windows lie inside."""
+    P, H, W = x.shape
+    bottom = _padded(H, kh, sh, ph, OH) - H - ph
+    right = _padded(W, kw, sw, pw, OW) - W - pw
+    if ph == pw == bottom == right == 0:
+        return x
+    return np.pad(x, ((0, 0), (ph, bottom), (pw, right)), constant_values=value)
+
+
 def _windows(x: np.ndarray, i: int, j: int, OH: int, OW: int, sh: int, sw: int) -> np.ndarray:
     """The (P, OH, OW) view of the values at offset (i, j) of every window."""
     return x[:, i : i + sh * OH : sh, j : j + sw * OW : sw]
 
 
 def max_pool_forward(
-    x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int
+    x: np.ndarray,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    ceil_mode: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each window's maximum, and its offset i*kw + j in the window (argmax).
 
@@ -262,12 +344,12 @@ def max_pool_forward(
     NaN anywhere but first in its window): a window with a NaN gives NaN, so
     a diverged activation stays visible, and its gradient goes to the
     window's last NaN, where PyTorch sends it. Padding is -inf, which never
-    beats a real value.
+    beats a real value; that includes the part of a ceil_mode window that
+    runs past the padding.
     """
     P, H, W = x.shape
-    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
-    if ph or pw:
-        x = np.pad(x, ((0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+    OH, OW = pool_out_size(H, kh, sh, ph, ceil_mode), pool_out_size(W, kw, sw, pw, ceil_mode)
+    x = _pad_planes(x, kh, kw, sh, sw, ph, pw, OH, OW, -np.inf)
     y = _windows(x, 0, 0, OH, OW, sh, sw).copy()
     argmax = np.zeros((P, OH, OW), dtype=np.int32)
     better = np.empty((P, OH, OW), dtype=bool)
@@ -294,9 +376,10 @@ def _add_to_windows(
     for i in range(kh):
         for j in range(kw):
             share = share_at(i, j)
-            if gx is None:
-                gx = np.zeros((P, H + 2 * ph, W + 2 * pw), dtype=share.dtype)
             OH, OW = share.shape[1:]
+            if gx is None:
+                Hp, Wp = _padded(H, kh, sh, ph, OH), _padded(W, kw, sw, pw, OW)
+                gx = np.zeros((P, Hp, Wp), dtype=share.dtype)
             _windows(gx, i, j, OH, OW, sh, sw)[...] += share
     return np.ascontiguousarray(gx[:, ph : ph + H, pw : pw + W])
 
@@ -318,18 +401,61 @@ def max_pool_backward(
     )
 
 
-def avg_pool_forward(
-    x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int
+def _window_sizes(size: int, k: int, s: int, p: int, n_out: int, count_include_pad: bool):
+    """How many of each window's k positions along one axis count in avg-pool's
+    divisor (PyTorch's rule): those inside the padded input [-p, size + p)
+    when count_include_pad, else only those inside the input [0, size).
+    A ceil_mode window's part past the padding never counts."""
+    start = np.arange(n_out) * s - p
+    end = np.minimum(start + k, size + p)
+    if not count_include_pad:
+        start, end = np.maximum(start, 0), np.minimum(end, size)
+    return end - start
+
+
+def avg_pool_divisor(
+    x_shape: tuple[int, int, int],
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    OH: int,
+    OW: int,
+    count_include_pad: bool,
+    dtype: Any,
 ) -> np.ndarray:
+    """(OH, OW): what each window's sum is divided by. kh*kw everywhere, except
+    where count_include_pad is False and the window overlaps the padding, or
+    a ceil_mode window runs past it. Rows and columns count independently."""
+    H, W = x_shape[1:]
+    rows = _window_sizes(H, kh, sh, ph, OH, count_include_pad)
+    cols = _window_sizes(W, kw, sw, pw, OW, count_include_pad)
+    return np.outer(rows, cols).astype(dtype)
+
+
+def avg_pool_forward(
+    x: np.ndarray,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+) -> np.ndarray:
+    """Each window's sum (padding adds zeros) divided by avg_pool_divisor."""
     P, H, W = x.shape
-    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
-    if ph or pw:
-        x = np.pad(x, ((0, 0), (ph, ph), (pw, pw)))
+    OH, OW = pool_out_size(H, kh, sh, ph, ceil_mode), pool_out_size(W, kw, sw, pw, ceil_mode)
+    divisor = avg_pool_divisor(x.shape, kh, kw, sh, sw, ph, pw, OH, OW, count_include_pad, x.dtype)
+    x = _pad_planes(x, kh, kw, sh, sw, ph, pw, OH, OW, 0)
     y = np.zeros((P, OH, OW), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
             y += _windows(x, i, j, OH, OW, sh, sw)
-    y /= kh * kw
+    y /= divisor
     return y
 
 
@@ -342,9 +468,13 @@ def avg_pool_backward(
     sw: int,
     ph: int,
     pw: int,
+    count_include_pad: bool = True,
 ) -> np.ndarray:
-    """Every value of a window receives an equal share of its gradient."""
-    share = gy / (kh * kw)
+    """Every position of a window receives an equal share of its gradient,
+    gy / divisor (the share of a padding position is dropped)."""
+    OH, OW = gy.shape[1:]
+    divisor = avg_pool_divisor(x_shape, kh, kw, sh, sw, ph, pw, OH, OW, count_include_pad, gy.dtype)
+    share = gy / divisor
     return _add_to_windows(lambda i, j: share, x_shape, kh, kw, sh, sw, ph, pw)
 
 
@@ -353,19 +483,57 @@ def avg_pool_backward(
 # --------------------------------------------------------------------------
 
 
-def cross_entropy_forward(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def cross_entropy_forward(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    weight: np.ndarray,
+    ignore_index: int,
+    label_smoothing: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row losses (N,) and the softmax probs (N, K), PyTorch's formula:
+
+        loss[n] = -(1 - e) * w[y] * log p[n, y] - (e / K) * sum_k w[k] * log p[n, k]
+
+    with y = labels[n], e = label_smoothing, w the class weights (ones for
+    none), and loss[n] = 0 where y == ignore_index. (The first term alone is
+    the plain cross-entropy; the second spreads weight e over all K classes.)
+    """
     # log softmax = z - log(sum(exp(z))) with z = logits - max: exp never
     # overflows and the largest term is exp(0) = 1, so the log is finite.
-    N = logits.shape[0]
+    N, K = logits.shape
     z = logits - logits.max(axis=1, keepdims=True)
     log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    loss = -log_probs[np.arange(N), labels].mean()
-    return np.asarray(loss, dtype=logits.dtype), np.exp(log_probs)
+    ignored = labels == ignore_index
+    y = np.where(ignored, 0, labels)  # an index even where ignored: its row is zeroed below
+    losses = -(1 - label_smoothing) * weight[y] * log_probs[np.arange(N), y]
+    if label_smoothing:
+        losses -= (label_smoothing / K) * (log_probs @ weight)
+    losses[ignored] = 0
+    return losses, np.exp(log_probs)
 
 
-def cross_entropy_backward(probs: np.ndarray, labels: np.ndarray, gloss: np.ndarray) -> np.ndarray:
-    N = probs.shape[0]
-    g = probs.copy()
-    g[np.arange(N), labels] -= 1
-    g *= gloss / N
+def cross_entropy_backward(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    weight: np.ndarray,
+    ignore_index: int,
+    label_smoothing: float,
+    grad_losses: np.ndarray,
+) -> np.ndarray:
+    """glogits (N, K) for grad_losses (N,), the gradient of each row's loss.
+
+    Row n's loss is -sum_k q[k] * log p[k] for the target weights
+    q = (1 - e) * w[y] * onehot(y) + (e / K) * w, so its gradient is
+    sum(q) * p - q; an ignored row gets 0.
+    """
+    N, K = probs.shape
+    ignored = labels == ignore_index
+    y = np.where(ignored, 0, labels)
+    target = (1 - label_smoothing) * weight[y]  # q[n, y]
+    total = target + (label_smoothing / K) * weight.sum()  # sum(q) of each row
+    g = probs * total[:, None]
+    g[np.arange(N), y] -= target
+    if label_smoothing:
+        g -= (label_smoothing / K) * weight
+    g *= np.where(ignored, 0, grad_losses)[:, None]
     return g

@@ -21,10 +21,13 @@ def _positive(layer: str, name: str, value: int) -> None:
 
 
 class Conv2d(Module):
-    """2-D convolution layer; weight (out_channels, in_channels, kh, kw).
+    """2-D convolution layer; weight (out_channels, in_channels / groups, kh, kw).
 
+    The arguments of torch.nn.Conv2d, in its order: stride, padding (an int,
+    a pair, 'same' or 'valid'), dilation and groups as in F.conv2d.
     Initialised as PyTorch does: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the
-    weight and the bias (kaiming_uniform with a = sqrt(5)).
+    weight and the bias (kaiming_uniform with a = sqrt(5)), where
+    fan_in = in_channels / groups * kh * kw, the inputs one output sees.
     """
 
     def __init__(
@@ -33,23 +36,48 @@ class Conv2d(Module):
         out_channels: int,
         kernel_size: int | Sequence[int],
         stride: int | Sequence[int] = 1,
-        padding: int | Sequence[int] = 0,
+        padding: str | int | Sequence[int] = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
         bias: bool = True,
     ):
         super().__init__()
         _positive("Conv2d", "in_channels", in_channels)
         _positive("Conv2d", "out_channels", out_channels)
-        self.in_channels, self.out_channels = in_channels, out_channels
+        _positive("Conv2d", "groups", groups)
+        for name, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if channels % groups:
+                raise ValueError(
+                    f"Conv2d: {name} must be divisible by groups, got {name}={channels}, "
+                    f"groups={groups}"
+                )
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = F.pair("Conv2d", "kernel_size", kernel_size, 1)
         self.stride = F.pair("Conv2d", "stride", stride, 1)
-        self.padding = F.pair("Conv2d", "padding", padding, 0)
-        shape = (out_channels, in_channels, *self.kernel_size)
+        self.dilation = F.pair("Conv2d", "dilation", dilation, 1)
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(
+                    "Conv2d: padding must be 'same', 'valid', an int or a pair of ints, "
+                    f"got {padding!r}"
+                )
+            if padding == "same" and self.stride != (1, 1):
+                raise ValueError(
+                    f"Conv2d: padding='same' is not supported for strided convolutions, got "
+                    f"stride {self.stride}"
+                )
+            self.padding: str | tuple[int, int] = padding
+        else:
+            self.padding = F.pair("Conv2d", "padding", padding, 0)
+        shape = (out_channels, in_channels // groups, *self.kernel_size)
         bound = 1.0 / math.sqrt(init.fan_in_and_out(shape)[0])
         self.weight = Parameter(init.uniform(shape, bound))
         self.bias = Parameter(init.uniform((out_channels,), bound)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        return F.conv2d(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
 
     def extra_repr(self) -> str:
         s = (
@@ -57,7 +85,11 @@ class Conv2d(Module):
             f"stride={self.stride}"
         )
         if self.padding != (0, 0):
-            s += f", padding={self.padding}"
+            s += f", padding={self.padding!r}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
         return s + ("" if self.bias is not None else ", bias=False")
 
 
@@ -146,24 +178,40 @@ class ReLU(Module):
 
 
 class MaxPool2d(Module):
-    def __init__(self, kernel_size, stride=None, padding=0):
+    """F.max_pool2d as a layer. ceil_mode is keyword-only: PyTorch's fourth
+    argument is dilation, which minires's max pooling does not have."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, *, ceil_mode=False):
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode = ceil_mode
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        return F.max_pool2d(
+            x, self.kernel_size, self.stride, self.padding, ceil_mode=self.ceil_mode
+        )
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"ceil_mode={self.ceil_mode}"
+        )
 
 
 class AvgPool2d(Module):
-    def __init__(self, kernel_size, stride=None, padding=0):
+    """F.avg_pool2d as a layer, with torch.nn.AvgPool2d's arguments and order."""
+
+    def __init__(
+        self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True
+    ):
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+        return F.avg_pool2d(
+            x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad
+        )
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"

@@ -93,12 +93,42 @@ class BackendChecks:
 
     # -- the checks ----------------------------------------------------------
 
-    def im2col(self, rng: np.random.Generator, dtype: Any, C, N, H, W, kh, kw, sh, sw, ph, pw):
+    def im2col(
+        self, rng: np.random.Generator, dtype: Any, C, N, H, W, kh, kw, sh, sw, ph, pw, dh=1, dw=1
+    ):
         x = rng.standard_normal((C, N, H, W)).astype(dtype)
-        geometry = (kh, kw, sh, sw, ph, pw)
+        geometry = (kh, kw, sh, sw, ph, pw, dh, dw)
         col = self._compare("im2col", x, *geometry)
         gcol = rng.standard_normal(col.shape).astype(dtype)
         self._compare("col2im", gcol, x.shape, *geometry)
+
+    def conv2d(
+        self,
+        rng: np.random.Generator,
+        dtype: Any,
+        N: int,
+        groups: int,
+        per_group_in: int,
+        per_group_out: int,
+        geometry: tuple[int, ...],
+    ):
+        """conv2d_forward and conv2d_backward, whole: im2col/col2im with the
+        dilation handed on, and the GEMM batched over the groups."""
+        H, W, kh, kw, sh, sw, ph, pw, dh, dw = geometry
+        C, F = groups * per_group_in, groups * per_group_out
+        x = rng.standard_normal((N, C, H, W)).astype(dtype)
+        w = rng.standard_normal((F, per_group_in, kh, kw)).astype(dtype)
+        b = rng.standard_normal(F).astype(dtype)
+        args = ((sh, sw), (ph, pw), (dh, dw), groups)
+        y_exp, saved_exp = nb.conv2d_forward(x, w, b, *args)
+        (y, saved), _ = self._run(self.cb.conv2d_forward, x, w, b, *args)
+        assert_close(self._host(y), np.ascontiguousarray(y_exp), "conv2d_forward y")
+        gy = rng.standard_normal(y_exp.shape).astype(dtype)
+        wanted = (True, True, True)
+        expected = nb.conv2d_backward(gy, saved_exp, wanted)
+        actual = self.cb.conv2d_backward(self.dev.to_device(gy), saved, wanted)
+        for what, a, e in zip(("gx", "gw", "gb"), actual, expected):
+            assert_close(self._host(a), np.ascontiguousarray(e), f"conv2d_backward {what}")
 
     def batch_norm(
         self,
@@ -193,6 +223,7 @@ class BackendChecks:
         pw,
         ties: bool,
         nans: float = 0.0,
+        ceil_mode: bool = False,
     ):
         # With ties, small integers make equal maxima common: the first one
         # must win on both backends, so argmax must match exactly. A fraction
@@ -204,16 +235,33 @@ class BackendChecks:
             x = rng.standard_normal((P, H, W)).astype(dtype)
         x[rng.random(x.shape) < nans] = np.nan
         geometry = (kh, kw, sh, sw, ph, pw)
-        y, argmax = self._compare("max_pool_forward", x, *geometry, outputs=("y", "argmax"))
+        y, argmax = self._compare(
+            "max_pool_forward", x, *geometry, ceil_mode, outputs=("y", "argmax")
+        )
         gy = rng.standard_normal(y.shape).astype(dtype)
         self._compare("max_pool_backward", gy, argmax, x.shape, *geometry)
 
-    def avg_pool(self, rng: np.random.Generator, dtype: Any, P, H, W, kh, kw, sh, sw, ph, pw):
+    def avg_pool(
+        self,
+        rng: np.random.Generator,
+        dtype: Any,
+        P,
+        H,
+        W,
+        kh,
+        kw,
+        sh,
+        sw,
+        ph,
+        pw,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+    ):
         x = rng.standard_normal((P, H, W)).astype(dtype)
         geometry = (kh, kw, sh, sw, ph, pw)
-        y = self._compare("avg_pool_forward", x, *geometry)
+        y = self._compare("avg_pool_forward", x, *geometry, ceil_mode, count_include_pad)
         gy = rng.standard_normal(y.shape).astype(dtype)
-        self._compare("avg_pool_backward", gy, x.shape, *geometry)
+        self._compare("avg_pool_backward", gy, x.shape, *geometry, count_include_pad)
 
     def cross_entropy(
         self,
@@ -223,12 +271,25 @@ class BackendChecks:
         K: int,
         scale: float = 3.0,
         label_dtype: Any = np.int64,
+        weighted: bool = False,
+        ignored: float = 0.0,
+        label_smoothing: float = 0.0,
+        ignore_index: int = -100,
     ):
+        """A fraction ``ignored`` of the rows have ignore_index as their label
+        (it is then cast to label_dtype, so it may wrap to a positive value)."""
         logits = (rng.standard_normal((N, K)) * scale).astype(dtype)
-        labels = rng.integers(0, K, N).astype(label_dtype)
-        _, probs = self._compare("cross_entropy_forward", logits, labels, outputs=("loss", "probs"))
-        gloss = np.asarray(rng.uniform(0.5, 2.0), dtype=dtype)
-        self._compare("cross_entropy_backward", probs, labels, gloss)
+        labels = rng.integers(0, K, N)
+        labels[rng.random(N) < ignored] = ignore_index
+        labels = labels.astype(label_dtype)
+        ignore_index = int(np.asarray(ignore_index).astype(label_dtype))
+        weight = rng.uniform(0.2, 3.0, K) if weighted else np.ones(K)
+        targets = (labels, weight.astype(dtype), ignore_index, label_smoothing)
+        _, probs = self._compare(
+            "cross_entropy_forward", logits, *targets, outputs=("losses", "probs")
+        )
+        grad_losses = rng.uniform(0.5, 2.0, N).astype(dtype)
+        self._compare("cross_entropy_backward", probs, *targets, grad_losses)
 
 
 # --------------------------------------------------------------------------
@@ -250,3 +311,23 @@ def window_geometry(draw: st.DrawFn, max_size: int = 8) -> tuple[int, ...]:
     W = draw(st.integers(max(1, kw - 2 * pw), max_size))
     assume(nb.out_size(H, kh, sh, ph) >= 1 and nb.out_size(W, kw, sw, pw) >= 1)
     return H, W, kh, kw, sh, sw, ph, pw
+
+
+@st.composite
+def dilated_geometry(draw: st.DrawFn, max_size: int = 9) -> tuple[int, ...]:
+    """(H, W, kh, kw, sh, sw, ph, pw, dh, dw): window_geometry's with a
+    dilation of 1..3 along each axis (the kernel then spans d*(k-1) + 1)."""
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, kh)), draw(st.integers(0, kw))
+    span_h, span_w = nb.span(kh, dh), nb.span(kw, dw)
+    H = draw(st.integers(max(1, span_h - 2 * ph), max(max_size, span_h)))
+    W = draw(st.integers(max(1, span_w - 2 * pw), max(max_size, span_w)))
+    return H, W, kh, kw, sh, sw, ph, pw, dh, dw
+
+
+@st.composite
+def pool_modes(draw: st.DrawFn) -> tuple[int, ...]:
+    """window_geometry's, with (ceil_mode, count_include_pad) appended."""
+    return (*draw(window_geometry()), draw(st.booleans()), draw(st.booleans()))
