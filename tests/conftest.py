@@ -64,6 +64,7 @@ REQUIRED_IN_CI = (
     "ipykernel",
     "matplotlib",
     "graphviz",
+    "mpi4py",
 )
 
 _IMPORT_SKIP = re.compile(r"could not import '([\w.]+)'")

@@ -7,6 +7,7 @@ data set, and mini-batching with augmentation. Nothing here uses the network.
                                   float32 (N, 3, 32, 32) in [0, 1] (or uint8)
     make_procedural(n, seed)      any number of CIFAR-shaped images, float32
     DataLoader(images, labels, batch_size, shuffle, seed, transform)
+    DistributedDataLoader(..., num_replicas, rank)  one process's shard of each batch
     RandomCrop, RandomHorizontalFlip, Normalize, Compose, cifar_augment,
     channel_stats                 batched augmentation and normalisation
 
@@ -21,6 +22,7 @@ from .cifar import (
     load_cifar10_classes,
 )
 from .digits import load_digits
+from .distributed import DistributedDataLoader
 from .loader import (
     Compose,
     DataLoader,
@@ -41,6 +43,7 @@ __all__ = [
     "DataLoader",
     "DatasetFormatError",
     "DatasetNotFoundError",
+    "DistributedDataLoader",
     "Normalize",
     "RandomCrop",
     "RandomHorizontalFlip",
