@@ -49,6 +49,13 @@ from .train import (
     check_device,
     evaluate_checkpoint,
 )
+from .train.processes import (
+    launch_processes,
+    launched_world_size,
+    make_trainer,
+    quiet_exit_status,
+    with_world_size,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # EXIT_FAILED: diverged, or a gradcheck failed
 
@@ -132,6 +139,19 @@ def _add_train(sub: Any) -> None:
     )
     t.add_argument("--seed", type=NUMBER_OPTIONS["seed"], help="random seed (0)")
     t.add_argument("--device", choices=DEVICES, help="cpu (default) or cuda")
+    t.add_argument(
+        "--nproc",
+        type=NUMBER_OPTIONS["nproc"],
+        metavar="N",
+        help="train on N processes (data parallel, through mpiexec; --batch-size is per process)",
+    )
+    t.add_argument(
+        "--no-sync-bn",
+        dest="sync_bn",
+        action="store_const",
+        const=False,
+        help="with --nproc: BatchNorm statistics per process instead of over all of them",
+    )
     t.add_argument("--out", metavar="DIR", help="run folder (default runs/DATA-MODEL[-k])")
     t.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its checkpoint"
@@ -216,17 +236,23 @@ def default_out_dir(cfg: TrainConfig, root: str = "runs") -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     given = {k: getattr(args, k) for k in CONFIG_KEYS if getattr(args, k, None) is not None}
+    if given.get("nproc", 1) > 1 and launched_world_size() == 1:
+        return launch_processes(given["nproc"], args.argv)  # mpiexec runs this command N times
+    given = with_world_size(given)
     start = time.perf_counter()
     if args.resume:
         if args.out is None:
             raise UserError("--resume needs --out DIR, the folder of the run to continue")
-        trainer = Trainer(None, args.out, resume=True, overrides=given, progress=args.progress)
+        trainer = make_trainer(None, args.out, resume=True, overrides=given, progress=args.progress)
     else:
         data = given.pop("data", "digits")
         cfg = TrainConfig.for_data(data, **given)
         out = Path(args.out) if args.out is not None else default_out_dir(cfg)
-        trainer = Trainer(cfg, out, progress=args.progress)
-    resume_cmd = shlex.join(["minires", "train", "--out", str(trainer.out_dir), "--resume"])
+        trainer = make_trainer(cfg, out, progress=args.progress)
+    resume_args = ["minires", "train", "--out", str(trainer.out_dir), "--resume"]
+    if trainer.cfg.nproc > 1:
+        resume_args += ["--nproc", str(trainer.cfg.nproc)]
+    resume_cmd = shlex.join(resume_args)
     try:
         result = trainer.run()
     except OutputError as e:  # say what is safe on disk, and how to go on
@@ -234,6 +260,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if kept is None:
             raise UserError(f"{e}; no checkpoint was saved") from None
         raise UserError(f"{e}; {kept} is intact: continue with {resume_cmd}") from None
+    if not getattr(trainer, "is_writer", True):  # rank 0 of a data-parallel run reports
+        return quiet_exit_status(result)
     out = result.out_dir
     title = f"{trainer.cfg.model} on {trainer.cfg.data}"
     plot_error = _draw_curves(result.history, out / PLOT_FILE, title)
@@ -392,6 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         if args.command == "bench":
             args.bench_args = extra
         elif extra:

@@ -65,6 +65,7 @@ REQUIRED_IN_CI = (
     "matplotlib",
     "graphviz",
     "safetensors",
+    "mpi4py",
 )
 
 _IMPORT_SKIP = re.compile(r"could not import '([\w.]+)'")

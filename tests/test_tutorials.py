@@ -54,6 +54,7 @@ EXPECTED = [
     "05_residual_gradient",
     "06_degradation",
     "07_gpu",
+    "08_data_parallel",
 ]
 
 

@@ -8,6 +8,7 @@ data set, and mini-batching with augmentation. Nothing here uses the network.
     make_procedural(n, seed)      any number of CIFAR-shaped images, float32
     make_small_procedural(n, seed)  the same classes drawn for 8x8 images
     DataLoader(images, labels, batch_size, shuffle, seed, transform)
+    DistributedDataLoader(..., num_replicas, rank)  one process's shard of each batch
     RandomCrop, RandomHorizontalFlip, Normalize, Compose, cifar_augment,
     channel_stats                 batched augmentation and normalisation
 
@@ -22,6 +23,7 @@ from .cifar import (
     load_cifar10_classes,
 )
 from .digits import load_digits
+from .distributed import DistributedDataLoader
 from .loader import (
     Compose,
     DataLoader,
@@ -42,6 +44,7 @@ __all__ = [
     "DataLoader",
     "DatasetFormatError",
     "DatasetNotFoundError",
+    "DistributedDataLoader",
     "Normalize",
     "RandomCrop",
     "RandomHorizontalFlip",

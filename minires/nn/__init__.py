@@ -1,6 +1,6 @@
 """Layers and the Module container, spelled as in torch.nn."""
 
-from . import init
+from . import init, parallel
 from .init import manual_seed
 from .layers import (
     AdaptiveAvgPool2d,
@@ -16,6 +16,7 @@ from .layers import (
 )
 from .module import Module
 from .parameter import Parameter
+from .sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = [
     "AdaptiveAvgPool2d",
@@ -30,6 +31,9 @@ __all__ = [
     "Parameter",
     "ReLU",
     "Sequential",
+    "SyncBatchNorm",
+    "convert_sync_batchnorm",
     "init",
+    "parallel",
     "manual_seed",
 ]

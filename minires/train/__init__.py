@@ -11,6 +11,8 @@ One module a job, in the order a reader meets them:
     build.py       the model, the optimiser, the learning-rate schedule
     step.py        train_step: forward, cross-entropy, backward, SGD step
     trainer.py     Trainer: the epoch loop, evaluation, saving, resuming
+    distributed.py DistributedTrainer: the same loop on N processes (data parallel)
+    processes.py   which trainer a command line gets; ``--nproc`` starts mpiexec
     metrics.py     an epoch's running sums and its line of metrics.jsonl
     evaluate.py    test loss and accuracy of a model or of a checkpoint
     run_folder.py  the files of a run: checkpoint, metrics.jsonl, config.json
@@ -54,6 +56,7 @@ from .config import (
     resolve_resume_config,
 )
 from .datasets import Data, RepeatChannels, load_data, make_loaders, make_transforms
+from .distributed import DistributedTrainer, distributed_train_step
 from .errors import OutputError, TrainingDiverged, UserError, check_device
 from .evaluate import evaluate, evaluate_checkpoint
 from .metrics import EpochSums
@@ -74,6 +77,7 @@ __all__ = [
     "CONFIG_FILE",
     "DATASETS",
     "DATA_DEFAULTS",
+    "DistributedTrainer",
     "METRICS_FILE",
     "NUMBER_OPTIONS",
     "NUM_CLASSES",
@@ -94,6 +98,7 @@ __all__ = [
     "build_model",
     "build_optimizer",
     "check_device",
+    "distributed_train_step",
     "evaluate",
     "evaluate_checkpoint",
     "input_channels",

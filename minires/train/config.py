@@ -68,6 +68,7 @@ NUMBER_OPTIONS: dict[str, NumberOption] = {
     "momentum": FRACTION,
     "weight_decay": NONNEGATIVE_FLOAT,
     "warmup_epochs": NONNEGATIVE_INT,
+    "nproc": POSITIVE_INT,
 }
 _OPTIONAL = ("num_train", "num_test")
 
@@ -91,6 +92,8 @@ class TrainConfig:
     num_test: int | None = None
     seed: int = 0
     device: str = "cpu"
+    nproc: int = 1  # processes of a data-parallel run (batch_size is per process)
+    sync_bn: bool = True  # with nproc > 1: BatchNorm statistics over every process's images
 
     @classmethod
     def for_data(cls, data: str = "digits", **overrides: Any) -> TrainConfig:

@@ -223,13 +223,13 @@ class Trainer:
 
     def _train_epoch(self, on_step: Callable[[Trainer], None] | None) -> bool:
         """Train the rest of the current epoch, evaluate, save. False if stopped early."""
-        loader, device = self.train_loader, self.cfg.device
+        loader = self.train_loader
         self.model.train()
         self.progress.start(f"epoch {self.epoch + 1}/{self.cfg.epochs}", len(loader), loader.batch)
         epoch_t0 = t_last = time.perf_counter()
         try:
             for x, y in loader:
-                step = train_step(self.model, self.opt, to_device(x, device), to_device(y, device))
+                step, images = self._step(x, y)
                 if not math.isfinite(step.loss):
                     # train_step made no update: the weights in memory and the
                     # checkpoint on disk both stay at the last good state.
@@ -242,7 +242,7 @@ class Trainer:
                 # The time since the last step ended: loading and augmenting
                 # the batch count too, evaluation does not.
                 now = time.perf_counter()
-                self._count(step, len(y), now - t_last, lr)
+                self._count(step, images, now - t_last, lr)
                 t_last = now
                 if on_step is not None:
                     on_step(self)
@@ -254,6 +254,11 @@ class Trainer:
             self.progress.close()
         self._end_epoch(time.perf_counter() - epoch_t0)
         return self._stop_signal is None
+
+    def _step(self, x: Any, y: Any) -> tuple[StepResult, int]:
+        """Train on a batch: (its result, images counted). DistributedTrainer's hook."""
+        device = self.cfg.device
+        return train_step(self.model, self.opt, to_device(x, device), to_device(y, device)), len(y)
 
     def _count(self, step: StepResult, batch_size: int, seconds: float, lr: float) -> None:
         """Add a step to the epoch's running sums and show them."""
@@ -275,8 +280,11 @@ class Trainer:
             f"{kept}. Try a smaller --lr or --warmup-epochs."
         )
 
+    def _evaluate(self) -> tuple[float, float]:  # DistributedTrainer's hook
+        return evaluate(self.model, self.test_loader, self.cfg.device)
+
     def _end_epoch(self, wall_s: float) -> None:
-        test_loss, test_acc = evaluate(self.model, self.test_loader, self.cfg.device)
+        test_loss, test_acc = self._evaluate()
         # A finite training loss does not prove finite weights: a huge step can
         # leave BatchNorm's running variance at inf, which only evaluation sees.
         if not math.isfinite(test_loss):
