@@ -508,9 +508,9 @@ def relu(input: Tensor) -> Tensor:
     return ReLUFunction()(input)
 
 
-def flatten(input: Tensor, start_dim: int = 0) -> Tensor:
-    """Merge dimensions start_dim.. into one, as torch.flatten."""
-    return as_tensor(input).flatten(start_dim)
+def flatten(input: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    """Merge dimensions start_dim..end_dim into one, as torch.flatten."""
+    return as_tensor(input).flatten(start_dim, end_dim)
 
 
 # --------------------------------------------------------------------------

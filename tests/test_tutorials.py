@@ -2,14 +2,19 @@
 
 Every notebook in tutorials/ is stored twice: a jupytext percent-format
 ``NN_name.py`` (the source, diff-friendly) and the paired ``NN_name.ipynb``
-without outputs (for plain Jupyter). These tests check that the two hold the
-same cells, that the .ipynb carries no outputs, and then execute each notebook
-in a fresh ``python3`` kernel with ``MINIRES_QUICK=1`` (small sizes, short
-training), failing if any cell raises -- every notebook ends its sections with
-``assert`` cells, so a claim that stops being true fails here.
+with the outputs of a full-mode run (``python tutorials/execute.py``), so a
+reader on the web sees every number and figure. These tests check that the
+.ipynb's cells are the source's, that its outputs come from one full-mode run
+of exactly those cells, top to bottom and without an error, and that the
+figures tutorials/README.md shows are the ones the notebooks drew. Then they
+execute each notebook in a fresh ``python3`` kernel with ``MINIRES_QUICK=1``
+(small sizes, short training), failing if any cell raises -- every notebook
+ends its sections with ``assert`` cells, so a claim that stops being true
+fails here.
 
 Set ``MINIRES_TUTORIALS_FULL=1`` to run them at full size instead (slow).
-Re-pair after editing a source with ``jupytext --sync tutorials/NN_name.py``.
+After editing a source, run ``python tutorials/execute.py NN`` to rewrite its
+.ipynb with fresh outputs.
 
 Exercises: a notebook with a solutions file ``tutorials/solutions/NN_name.py``
 holds stubs (marked ``# EXERCISE``, raising NotImplementedError) that the
@@ -22,8 +27,8 @@ the stubs and every check must pass (tutorials/solutions/__init__.py).
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -41,9 +46,14 @@ RUNS = [(source, False) for source in SOURCES] + [
 FULL = os.environ.get("MINIRES_TUTORIALS_FULL") == "1"
 CELL_TIMEOUT = 1800 if FULL else 300
 
+# tutorials/execute.py: runs a notebook, and finds its tagged figures.
+_spec = importlib.util.spec_from_file_location("tutorials_execute", TUTORIALS / "execute.py")
+execute = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(execute)
 
-def _cells(nb) -> list[tuple[str, str]]:
-    return [(c.cell_type, c.source.strip()) for c in nb.cells]
+
+def _cells(nb) -> list[tuple[str, str, tuple[str, ...]]]:
+    return [(c.cell_type, c.source.strip(), tuple(c.metadata.get("tags", []))) for c in nb.cells]
 
 
 EXPECTED = [
@@ -65,18 +75,41 @@ def test_every_tutorial_is_there():
 @pytest.mark.parametrize("source", SOURCES, ids=[p.stem for p in SOURCES])
 def test_ipynb_matches_source(source: Path):
     ipynb = source.with_suffix(".ipynb")
-    assert ipynb.exists(), f"{ipynb.name} is missing: run `jupytext --to ipynb {source}`"
+    regenerate = f"run `python tutorials/execute.py {source.stem[:2]}`"
+    assert ipynb.exists(), f"{ipynb.name} is missing: {regenerate}"
     from_py = jupytext.read(source)
     from_ipynb = nbformat.read(ipynb, as_version=4)
     assert _cells(from_ipynb) == _cells(from_py), (
-        f"{ipynb.name} has drifted from {source.name}: run `jupytext --sync {source}`"
+        f"{ipynb.name} has drifted from {source.name}: {regenerate}"
     )
-    for cell in from_ipynb.cells:
-        if cell.cell_type == "code":
-            assert not cell.outputs and cell.execution_count is None, (
-                f"{ipynb.name} is committed with outputs; strip them "
-                f"(`jupytext --to ipynb {source}` writes none)"
-            )
+    run = from_ipynb.metadata.get("minires", {})
+    assert run.get("mode") == "full", (
+        f"{ipynb.name} carries no outputs of a full-mode run: {regenerate}"
+    )
+    code = [c for c in from_ipynb.cells if c.cell_type == "code"]
+    # One run of exactly these cells, top to bottom: counts 1, 2, 3, ... and no error.
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), regenerate
+    for cell in code:
+        for output in cell.outputs:
+            assert output.output_type != "error", f"{ipynb.name}: a cell failed:\n{cell.source}"
+
+
+def test_readme_figures_are_the_notebooks_own():
+    """docs/figures/NAME.png is the image of the cell tagged figure-NAME, byte for
+    byte, and tutorials/README.md shows every one of them."""
+    readme = (TUTORIALS / "README.md").read_text()
+    tagged = {}
+    for source in SOURCES:
+        nb = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+        tagged.update(execute.figure_cells(nb))
+    assert len(tagged) >= 6
+    for name, cell in tagged.items():
+        png = execute.FIGURES / f"{name}.png"
+        assert png.exists(), f"{png} is missing: run `python tutorials/execute.py`"
+        assert png.read_bytes() == execute.cell_png(cell), f"{png} is not the notebook's figure"
+        assert f"../docs/figures/{name}.png" in readme, f"tutorials/README.md does not show {name}"
+    on_disk = {p.stem for p in execute.FIGURES.glob("*.png")}
+    assert on_disk == set(tagged), f"figures no notebook draws: {sorted(on_disk - set(tagged))}"
 
 
 def _defined_names(tree: ast.Module) -> dict[str, ast.AST]:
@@ -133,31 +166,16 @@ def test_exercises_have_stubs_and_solutions(solution: Path):
     ids=[p.stem + ("[solutions]" if solved else "") for p, solved in RUNS],
 )
 def test_notebook_runs(source: Path, solved: bool, monkeypatch: pytest.MonkeyPatch):
-    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     pytest.importorskip("matplotlib")
-    # The kernel inherits this process's environment.
     if FULL:
         monkeypatch.delenv("MINIRES_QUICK", raising=False)
-    else:
-        monkeypatch.setenv("MINIRES_QUICK", "1")
-    if solved:
-        monkeypatch.setenv("MINIRES_SOLUTIONS", "1")
-    else:
-        monkeypatch.delenv("MINIRES_SOLUTIONS", raising=False)
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    nb = jupytext.read(source)
-    client = nbclient.NotebookClient(
-        nb,
-        kernel_name="python3",
-        timeout=CELL_TIMEOUT,
-        resources={"metadata": {"path": str(TUTORIALS)}},
-    )
-    start = time.perf_counter()
-    client.execute()  # raises CellExecutionError naming the failing cell
-    elapsed = time.perf_counter() - start
+    nb, elapsed = execute.run_notebook(source, quick=not FULL, solved=solved, timeout=CELL_TIMEOUT)
     mode = ("full" if FULL else "quick") + (", solutions filled in" if solved else "")
     print(f"{source.stem}: {elapsed:.1f} s ({mode} mode)")
+    for cell in execute.figure_cells(nb).values():
+        execute.cell_png(cell)  # each tagged cell draws its figure in this mode too
     outputs = "".join(
         o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
     )

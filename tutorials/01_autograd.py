@@ -378,7 +378,7 @@ assert caught
 # first or second digit.
 
 
-# %%
+# %% tags=["figure-01-finite-differences"]
 def fd_relative_error(dtype, eps):
     x0 = np.array([0.7], dtype=dtype)
     exact = np.exp(0.7) * 1.7

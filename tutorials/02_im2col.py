@@ -94,7 +94,7 @@ assert col.shape == (9, 4)
 assert list(col[:, 0]) == [1, 2, 3, 5, 6, 7, 9, 10, 11]  # the top-left window, row by row
 assert list(col[0]) == [1, 2, 5, 6]  # offset (0, 0) of each window
 
-# %%
+# %% tags=["figure-02-im2col"]
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), gridspec_kw={"width_ratios": [1, 1.1]})
 axes[0].imshow(x[0, 0], cmap="tab20", vmin=0.5, vmax=20.5)
 for (r, c), v in np.ndenumerate(x[0, 0]):

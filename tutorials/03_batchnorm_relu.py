@@ -299,7 +299,7 @@ assert np.array_equal(e_a, e_b)
 # that distribution's mean and variance (here: per-channel means 3, −1, 0.5
 # and variances 4, 0.25, 16):
 
-# %%
+# %% tags=["figure-03-batchnorm-training"]
 true_mean, true_std = np.array([3.0, -1.0, 0.5]), np.array([2.0, 0.5, 4.0])
 bn = mr.nn.BatchNorm2d(C).to(np.float64).train()
 history = []

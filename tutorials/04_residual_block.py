@@ -299,7 +299,7 @@ assert len(walk) == n_recorded
 # identity, dashed where the shape changes and the shortcut is torchvision's
 # 1×1 convolution + BN (`downsample`).
 
-# %%
+# %% tags=["figure-04-resnet18-stages"]
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
@@ -716,7 +716,7 @@ assert gap <= seed_spread + 0.02  # the option matters no more than the seed her
 # recipe as above, the same seeds and the same batches, and plot the
 # training loss step by step.
 
-# %%
+# %% tags=["figure-04-preactivation-depth-110"]
 PA_STEPS, PA_BATCH, PA_WARMUP, PA_SEEDS = (30, 32, 10, (0,)) if QUICK else (100, 64, 30, (0, 1))
 pa = {}
 for preact in (False, True):

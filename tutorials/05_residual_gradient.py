@@ -429,7 +429,7 @@ with exercise("5.A"):
 #   $I + J_F$: whatever is left is what the branches carry.
 
 
-# %%
+# %% tags=["figure-05-gradient-norms"]
 class CutGradient(mr.nn.Module):
     """A shortcut whose forward is unchanged and whose backward carries nothing."""
 

@@ -260,7 +260,7 @@ plt.show()
 # to the highest seed.
 
 
-# %%
+# %% tags=["figure-06-figure-6"]
 def seed_runs(depth, residual):
     return [runs[depth, residual, best_lr[depth, residual], seed] for seed in SEEDS]
 
@@ -324,7 +324,7 @@ plt.show()
 # on all 1,000 test images), mean over the seeds, with bars from the lowest
 # to the highest seed.
 
-# %%
+# %% tags=["figure-06-error-against-depth"]
 final = {}
 for depth, residual in NETS:
     rs = seed_runs(depth, residual)

@@ -572,7 +572,7 @@ def avg_pool_forward(
     count_include_pad: bool = True,
 ) -> Any:
     """(P, H, W) -> (P, OH, OW) window means, with PyTorch's divisor
-    (numpy_backend.avg_pool_divisor, computed per window by the kernel)."""
+    (numpy_backend._avg_pool_divisor, computed per window by the kernel)."""
     cp = _cupy()
     x = _float_array(x, "avg_pool_forward: x")
     P, H, W = x.shape

@@ -413,7 +413,7 @@ def _window_sizes(size: int, k: int, s: int, p: int, n_out: int, count_include_p
     return end - start
 
 
-def avg_pool_divisor(
+def _avg_pool_divisor(
     x_shape: tuple[int, int, int],
     kh: int,
     kw: int,
@@ -446,10 +446,10 @@ def avg_pool_forward(
     ceil_mode: bool = False,
     count_include_pad: bool = True,
 ) -> np.ndarray:
-    """Each window's sum (padding adds zeros) divided by avg_pool_divisor."""
+    """Each window's sum (padding adds zeros) divided by _avg_pool_divisor."""
     P, H, W = x.shape
     OH, OW = pool_out_size(H, kh, sh, ph, ceil_mode), pool_out_size(W, kw, sw, pw, ceil_mode)
-    divisor = avg_pool_divisor(x.shape, kh, kw, sh, sw, ph, pw, OH, OW, count_include_pad, x.dtype)
+    divisor = _avg_pool_divisor(x.shape, kh, kw, sh, sw, ph, pw, OH, OW, count_include_pad, x.dtype)
     x = _pad_planes(x, kh, kw, sh, sw, ph, pw, OH, OW, 0)
     y = np.zeros((P, OH, OW), dtype=x.dtype)
     for i in range(kh):
@@ -473,7 +473,7 @@ def avg_pool_backward(
     """Every position of a window receives an equal share of its gradient,
     gy / divisor (the share of a padding position is dropped)."""
     OH, OW = gy.shape[1:]
-    divisor = avg_pool_divisor(x_shape, kh, kw, sh, sw, ph, pw, OH, OW, count_include_pad, gy.dtype)
+    divisor = _avg_pool_divisor(x_shape, kh, kw, sh, sw, ph, pw, OH, OW, count_include_pad, gy.dtype)
     share = gy / divisor
     return _add_to_windows(lambda i, j: share, x_shape, kh, kw, sh, sw, ph, pw)
 
