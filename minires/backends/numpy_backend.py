@@ -473,7 +473,9 @@ def avg_pool_backward(
     """Every position of a window receives an equal share of its gradient,
     gy / divisor (the share of a padding position is dropped)."""
     OH, OW = gy.shape[1:]
-    divisor = _avg_pool_divisor(x_shape, kh, kw, sh, sw, ph, pw, OH, OW, count_include_pad, gy.dtype)
+    divisor = _avg_pool_divisor(
+        x_shape, kh, kw, sh, sw, ph, pw, OH, OW, count_include_pad, gy.dtype
+    )
     share = gy / divisor
     return _add_to_windows(lambda i, j: share, x_shape, kh, kw, sh, sw, ph, pw)
 
