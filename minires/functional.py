@@ -20,8 +20,7 @@ import numpy as np
 from .autograd import BroadcastTo, Function, IndexAdd, Tensor, as_tensor
 from .backends import get_backend, set_cpu_backend
 from .backends.device import get_array_module
-from .backends.layout import from_channel_major, is_channel_major, to_channel_major
-from .backends.numpy_backend import pool_out_size
+from .backends.layout import from_channel_major, is_channel_major, pool_out_size, to_channel_major
 
 Array = Any
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 import minires as mr
 import minires.functional as F
 from minires import nn
-from minires.backends import cpu_backend, numpy_backend, shifted_conv
+from minires.backends import cpu_backend, layout, numpy_backend, shifted_conv
 
 # torch warns that 'same' with an even span copies the input (so does minires).
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning")
@@ -331,8 +331,8 @@ def pool_variants(draw, max_hw: int = 7):
     ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
     ceil_mode = draw(st.booleans())
     H, W = draw(st.integers(1, max_hw)), draw(st.integers(1, max_hw))
-    OH = numpy_backend.pool_out_size(H, kh, sh, ph, ceil_mode)
-    OW = numpy_backend.pool_out_size(W, kw, sw, pw, ceil_mode)
+    OH = layout.pool_out_size(H, kh, sh, ph, ceil_mode)
+    OW = layout.pool_out_size(W, kw, sw, pw, ceil_mode)
     assume(OH >= 1 and OW >= 1)
     shape = (draw(st.integers(1, 2)), draw(st.integers(1, 2)), H, W)
     return shape, (kh, kw), (sh, sw), (ph, pw), ceil_mode, draw(st.booleans())
@@ -396,7 +396,7 @@ def test_pool_out_size_is_torchs(size, k, s, p):
             with pytest.raises(ValueError, match="larger than the padded input"):
                 F.max_pool2d(mr.Tensor(np.zeros((1, 1, size, 1))), (k, 1), (s, 1), (p, 0))
             continue
-        assert numpy_backend.pool_out_size(size, k, s, p, ceil_mode) == want.shape[2]
+        assert layout.pool_out_size(size, k, s, p, ceil_mode) == want.shape[2]
 
 
 def test_avg_pool_divisors():

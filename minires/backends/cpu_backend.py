@@ -27,7 +27,7 @@ import numpy as np
 
 from . import numpy_backend as reference
 from . import parallel, shifted_conv
-from .layout import from_channel_major, out_size, to_channel_major
+from .layout import from_channel_major, out_size, span, to_channel_major
 from .numpy_backend import (  # noqa: F401 - not worth threading: the reference's own
     avg_pool_backward,
     avg_pool_forward,
@@ -59,8 +59,8 @@ def im2col(
 ) -> np.ndarray:
     """numpy_backend.im2col, its rows built by blocks of channels in threads."""
     C, N, H, W = x.shape
-    OH = out_size(H, reference.span(kh, dh), sh, ph)
-    OW = out_size(W, reference.span(kw, dw), sw, pw)
+    OH = out_size(H, span(kh, dh), sh, ph)
+    OW = out_size(W, span(kw, dw), sw, pw)
     col = np.empty((C, kh, kw, N, OH, OW), dtype=x.dtype)
 
     def rows(c: slice) -> None:

@@ -45,8 +45,7 @@ from typing import Any
 import numpy as np
 
 from . import numpy_backend
-from .layout import out_size
-from .numpy_backend import pool_out_size, span
+from .layout import out_size, pool_out_size, span
 
 # Threads per block of the elementwise kernels, and the most blocks a launch
 # asks for (a grid-stride loop covers the rest). 4096 blocks of 256 threads

@@ -35,3 +35,28 @@ def is_channel_major(x: Array) -> bool:
 def out_size(size: int, k: int, s: int, p: int) -> int:
     """Output length of a window of size ``k``, stride ``s``, padding ``p``."""
     return (size + 2 * p - k) // s + 1
+
+
+def span(k: int, d: int) -> int:
+    """How many input pixels a kernel of size ``k`` with dilation ``d`` spans: d*(k-1) + 1.
+
+    A dilated kernel reads every d-th pixel; for the output size it is simply
+    a larger kernel with holes in it.
+    """
+    return d * (k - 1) + 1
+
+
+def pool_out_size(size: int, k: int, s: int, p: int, ceil_mode: bool = False) -> int:
+    """Windows along one axis: PyTorch's rule for max_pool2d / avg_pool2d.
+
+    Floor mode counts the windows that fit inside the padded input. ceil_mode
+    rounds up instead, adding a last window that runs past the padding, but
+    only if it starts inside the input or the left padding: a window that
+    would start in the right padding is dropped.
+    """
+    if not ceil_mode:
+        return out_size(size, k, s, p)
+    n = -(-(size + 2 * p - k) // s) + 1  # ceiling division
+    if (n - 1) * s >= size + p:
+        n -= 1
+    return n

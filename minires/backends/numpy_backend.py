@@ -17,20 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from .layout import from_channel_major, out_size, to_channel_major
+from .layout import from_channel_major, out_size, pool_out_size, span, to_channel_major
 
 # --------------------------------------------------------------------------
 # Convolution: im2col, then one GEMM
 # --------------------------------------------------------------------------
-
-
-def span(k: int, d: int) -> int:
-    """How many input pixels a kernel of size ``k`` with dilation ``d`` spans: d*(k-1) + 1.
-
-    A dilated kernel reads every d-th pixel; for the output size it is simply
-    a larger kernel with holes in it.
-    """
-    return d * (k - 1) + 1
 
 
 def im2col(
@@ -285,22 +276,6 @@ def relu_backward(gy: np.ndarray, y: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------
 # Pooling over (P, H, W) planes
 # --------------------------------------------------------------------------
-
-
-def pool_out_size(size: int, k: int, s: int, p: int, ceil_mode: bool = False) -> int:
-    """Windows along one axis: PyTorch's rule for max_pool2d / avg_pool2d.
-
-    Floor mode counts the windows that fit inside the padded input. ceil_mode
-    rounds up instead, adding a last window that runs past the padding, but
-    only if it starts inside the input or the left padding: a window that
-    would start in the right padding is dropped.
-    """
-    if not ceil_mode:
-        return out_size(size, k, s, p)
-    n = -(-(size + 2 * p - k) // s) + 1  # ceiling division
-    if (n - 1) * s >= size + p:
-        n -= 1
-    return n
 
 
 def _padded(size: int, k: int, s: int, p: int, n_out: int) -> int:
