@@ -48,7 +48,11 @@ def rand(shape, seed=0, dtype=np.float64):
 
 
 def torchvision_state(
-    kind: str, layers: list[int], num_classes: int = 1000, groups: int = 1, width_per_group: int = 64
+    kind: str,
+    layers: list[int],
+    num_classes: int = 1000,
+    groups: int = 1,
+    width_per_group: int = 64,
 ):
     """(key, shape) in torchvision's state_dict order, from its naming rules:
 
@@ -313,6 +317,8 @@ def test_resnet1202_forward_backward_at_the_default_recursion_limit(resnet1202_m
         {"residual": False},
         {"preact": True},
         {"preact": True, "shortcut": "B", "num_classes": 100},
+        {"width": 3},
+        {"width": 2, "preact": True, "shortcut": "B"},
     ],
 )
 def test_cifar_output_and_block_output_shapes(kwargs):
@@ -323,7 +329,14 @@ def test_cifar_output_and_block_output_shapes(kwargs):
     assert logits.shape == (2, kwargs.get("num_classes", 10))
     assert logits.dtype == np.float32
     shapes = [o.shape for o in outs]
-    assert shapes == [(2, 16, 32, 32)] * 4 + [(2, 32, 16, 16)] * 3 + [(2, 64, 8, 8)] * 3
+    k = kwargs.get("width", 1)
+    assert (
+        shapes
+        == [(2, 16, 32, 32)]
+        + [(2, 16 * k, 32, 32)] * 3
+        + [(2, 32 * k, 16, 16)] * 3
+        + [(2, 64 * k, 8, 8)] * 3
+    )
     np.testing.assert_array_equal(model(x).data, logits.data)  # BN in training mode
 
 
@@ -464,8 +477,14 @@ NET_TOL = {"eps": 1e-6, "atol": 1e-7, "rtol": 1e-6, "mode": "directional", "n_di
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"shortcut": "B"}, {"preact": True}, {"preact": True, "shortcut": "B"}],
-    ids=["A", "B", "preact-A", "preact-B"],
+    [
+        {},
+        {"shortcut": "B"},
+        {"preact": True},
+        {"preact": True, "shortcut": "B"},
+        {"width": 2},  # option A widens layer1 at stride 1: zero channels, no subsampling
+    ],
+    ids=["A", "B", "preact-A", "preact-B", "wide-A"],
 )
 def test_gradcheck_whole_depth8_net(kwargs):
     mr.manual_seed(14)
@@ -615,6 +634,7 @@ def test_count_parameters():
         (lambda: cifar_resnet(2), ValueError, r"cifar_resnet: depth .* got 2"),
         (lambda: cifar_resnet(20, shortcut="C"), ValueError, "shortcut must be 'A' or 'B'"),
         (lambda: cifar_resnet(20, num_classes=0), ValueError, "num_classes must be a positive"),
+        (lambda: cifar_resnet(20, width=0), ValueError, "cifar_resnet: width must be a positive"),
         (lambda: mr.models.plain20(residual=True), TypeError, "plain20: residual is always"),
         (lambda: ResNet(BasicBlock, [2, 2, 2]), ValueError, "ResNet: layers must be 4"),
         (lambda: ResNet(nn.Conv2d, [2, 2, 2, 2]), TypeError, "ResNet: block must be"),
