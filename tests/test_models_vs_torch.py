@@ -157,8 +157,7 @@ def _pair(layers, groups, width, num_classes=10):
     """A torch net and the minires net holding the same float64 weights."""
     torch.manual_seed(0)
     ref = _randomise(TorchResNet(TorchBottleneck, layers, num_classes, groups, width).double())
-    with skip_init():  # every value is loaded from torch below (strictly: all keys)
-        model = ResNet(Bottleneck, layers, num_classes, groups=groups, width_per_group=width)
+    model = ResNet(Bottleneck, layers, num_classes, groups=groups, width_per_group=width)
     model = model.to(np.float64)
     model.load_state_dict({k: v.numpy() for k, v in ref.state_dict().items()})
     return ref, model
