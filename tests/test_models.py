@@ -5,7 +5,7 @@ gradient checks of every block and of a whole small net, depth without
 recursion, and the exact identity of a zeroed pre-activation block.
 test_models_vs_torch.py compares the same models with PyTorch.
 
-Runtime: about 15 s on 2 cores. The nine ImageNet nets (480M parameters in
+Runtime: about 15 s on 2 cores. The nine ImageNet nets (470M parameters in
 all) are built with ``skip_init`` for their counts and shapes, in well under
 a second; drawing their weights would take about 10 s.
 """
