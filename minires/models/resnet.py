@@ -17,7 +17,7 @@ the two as a dict of arrays. Parameter counts, to the unit:
 The same skeleton with wider or grouped Bottlenecks (``groups`` and
 ``width_per_group``, see ``Bottleneck``) gives the ResNeXts (Xie et al. 2017:
 the 3x3 convolution split into 32 groups, "cardinality") and the wide
-ResNets (Zagoruyko & Komodakis 2016: the 3x3 twice as wide):
+ResNets (Zagoruyko & Komodakis 2016: every Bottleneck's inner width doubled):
 
     resnext50_32x4d 25,028,904    resnext101_32x8d 88,791,336
     wide_resnet50_2 68,883,240    wide_resnet101_2 126,886,696
@@ -113,10 +113,10 @@ class ResNet(nn.Module):
                 conv1x1(self.inplanes, planes * block.expansion, stride),
                 nn.BatchNorm2d(planes * block.expansion),
             )
-        width = {"groups": self.groups, "base_width": self.base_width}
-        layers = [block(self.inplanes, planes, stride, downsample, **width)]
+        widths = {"groups": self.groups, "base_width": self.base_width}
+        layers = [block(self.inplanes, planes, stride, downsample, **widths)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes, **width) for _ in range(1, n)]
+        layers += [block(self.inplanes, planes, **widths) for _ in range(1, n)]
         return nn.Sequential(*layers)
 
     def blocks(self) -> Iterator[nn.Module]:
