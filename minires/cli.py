@@ -368,6 +368,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from . import models
+    from .nn.init import skip_init
 
     names = args.names or models.list_models()
     unknown = [n for n in names if n not in models.list_models()]
@@ -376,15 +377,20 @@ def cmd_models(args: argparse.Namespace) -> int:
             f"unknown model {', '.join(map(repr, unknown))}; valid names: "
             f"{', '.join(models.list_models())}"
         )
-    print(f"{'model':<12}{'parameters':>14}  kind")
+    print(f"{'model':<18}{'parameters':>14}  kind")
     for name in names:
-        model = models.get_model(name)
+        # The shapes are all a count needs: drawing the random weights of
+        # wide_resnet101_2 alone would take seconds.
+        with skip_init():
+            model = models.get_model(name)
         kind = type(model).__name__
         if kind == "CifarResNet":
             kind = "CIFAR, 3x32x32 input" + ("" if model.residual else ", no shortcuts")
         elif kind == "ResNet":
-            kind = "ImageNet (torchvision layout), 3x224x224 input"
-        print(f"{name:<12}{models.count_parameters(model):>14,}  {kind}", flush=True)
+            wide = "wide ResNet, " if model.base_width > 64 else ""
+            family = "ResNeXt, " if model.groups > 1 else wide
+            kind = f"ImageNet, {family}torchvision layout, 3x224x224 input"
+        print(f"{name:<18}{models.count_parameters(model):>14,}  {kind}", flush=True)
     return EXIT_OK
 
 

@@ -128,6 +128,23 @@ def test_models_lists_names_and_parameter_counts(capsys):
     assert "no shortcuts" in out.splitlines()[2]  # plain20's line
 
 
+def test_models_lists_resnexts_and_wide_resnets_without_drawing_weights(capsys):
+    before = minires.nn.init.get_generator().bit_generator.state
+    assert main(["models"]) == 0
+    # Shapes are all a count needs: 300M random weights would take seconds.
+    assert minires.nn.init.get_generator().bit_generator.state == before
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert len(lines) == len(minires.models.list_models())
+    for name, count, kind in [
+        ("resnext50_32x4d", "25,028,904", "ResNeXt"),
+        ("resnext101_32x8d", "88,791,336", "ResNeXt"),
+        ("wide_resnet50_2", "68,883,240", "wide ResNet"),
+        ("wide_resnet101_2", "126,886,696", "wide ResNet"),
+        ("resnet50", "25,557,032", "ImageNet, torchvision"),
+    ]:
+        assert lines[name].split()[1] == count and kind in lines[name]
+
+
 def test_default_out_dir_never_reuses_a_run(tmp_path):
     cfg = TrainConfig.for_data("digits")
     root = tmp_path / "runs"

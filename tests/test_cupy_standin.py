@@ -18,7 +18,8 @@ Sections:
     the backend contract, function by function (cases.py, as on a GPU)
     every functional op, forward and backward, float32 and float64
     float64 gradchecks on the CUDA path
-    a BasicBlock net, a Bottleneck net, CIFAR ResNets (shortcut A and B)
+    a BasicBlock net, a Bottleneck net, a grouped (ResNeXt) Bottleneck net,
+    CIFAR ResNets (shortcut A and B, and a wide one)
     resnet20: three SGD steps with momentum, then eval mode
     the command line: train, checkpoint, --resume, eval
     the census script
@@ -372,11 +373,25 @@ def bottleneck_net() -> nn.Module:
     )
 
 
+def resnext_net() -> nn.Module:
+    """A ResNeXt-style pair of Bottlenecks: inner width 8, 3x3 convs in 4 groups."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        Bottleneck(8, 4, 1, _downsample(8, 16, 1), groups=4, base_width=32),
+        Bottleneck(16, 4, 2, _downsample(16, 16, 2), groups=4, base_width=32),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(1),
+        nn.Linear(16, 5),
+    )
+
+
 NETS = {
     "basic": (basic_net, 10),
     "bottleneck": (bottleneck_net, 20),
+    "resnext": (resnext_net, 8),
     "cifar8_A": (lambda: mr.models.cifar_resnet(8, shortcut="A", num_classes=5), 8),
     "cifar8_B": (lambda: mr.models.cifar_resnet(8, shortcut="B", num_classes=5), 8),
+    "cifar8_wide": (lambda: mr.models.cifar_resnet(8, width=2, num_classes=5), 8),
 }
 
 

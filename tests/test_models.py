@@ -1,11 +1,13 @@
-"""Tests for minires.models: torchvision's layout and parameter counts, the CIFAR
-nets of He et al. 2016 (counts, shapes, shortcuts A/B, plain, pre-activation),
-state_dict round trips, float64 gradient checks of every block and of a whole
-small net, depth without recursion, and the exact identity of a zeroed
-pre-activation block.
+"""Tests for minires.models: torchvision's layout and parameter counts (ResNets,
+ResNeXts, wide ResNets), the CIFAR nets of He et al. 2016 (counts, shapes,
+shortcuts A/B, plain, pre-activation, wide), state_dict round trips, float64
+gradient checks of every block and of a whole small net, depth without
+recursion, and the exact identity of a zeroed pre-activation block.
+test_models_vs_torch.py compares the same models with PyTorch.
 
-Runtime: about 15 s on 2 cores (building the five ImageNet nets, 170M
-parameters in all, is about 3 s of it).
+Runtime: about 15 s on 2 cores. The nine ImageNet nets (470M parameters in
+all) are built with ``skip_init`` for their counts and shapes, in well under
+a second; drawing their weights would take about 10 s.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from minires.models import (
     shortcut_a,
 )
 from minires.models.blocks import SubsamplePadFunction, conv1x1
+from minires.nn.init import skip_init
 
 
 def rand(shape, seed=0, dtype=np.float64):
@@ -46,13 +49,21 @@ def rand(shape, seed=0, dtype=np.float64):
 # --------------------------------------------------------------------------
 
 
-def torchvision_state(kind: str, layers: list[int], num_classes: int = 1000):
+def torchvision_state(
+    kind: str,
+    layers: list[int],
+    num_classes: int = 1000,
+    groups: int = 1,
+    width_per_group: int = 64,
+):
     """(key, shape) in torchvision's state_dict order, from its naming rules:
 
     conv1, bn1, then layer{1..4}.{j}.conv1/bn1/conv2/bn2[/conv3/bn3] with a
     downsample.0 (1x1 conv) / downsample.1 (BN) in block 0 when the stride or
     the width changes, then fc. A BN holds weight, bias, running_mean,
-    running_var, num_batches_tracked (a 0-d int64).
+    running_var, num_batches_tracked (a 0-d int64). A Bottleneck's inner
+    width is int(planes * width_per_group / 64) * groups, and its 3x3 conv
+    sees width / groups input channels per output channel.
     """
     state = []
 
@@ -78,11 +89,12 @@ def torchvision_state(kind: str, layers: list[int], num_classes: int = 1000):
                 conv(f"{p}.conv2", planes, planes, 3)
                 bn(f"{p}.bn2", planes)
             else:
-                conv(f"{p}.conv1", planes, inplanes, 1)
-                bn(f"{p}.bn1", planes)
-                conv(f"{p}.conv2", planes, planes, 3)
-                bn(f"{p}.bn2", planes)
-                conv(f"{p}.conv3", planes * 4, planes, 1)
+                width = planes * width_per_group // 64 * groups
+                conv(f"{p}.conv1", width, inplanes, 1)
+                bn(f"{p}.bn1", width)
+                conv(f"{p}.conv2", width, width // groups, 3)
+                bn(f"{p}.bn2", width)
+                conv(f"{p}.conv3", planes * 4, width, 1)
                 bn(f"{p}.bn3", planes * 4)
             out = planes * expansion
             if stride != 1 or inplanes != out:
@@ -95,26 +107,55 @@ def torchvision_state(kind: str, layers: list[int], num_classes: int = 1000):
 
 
 IMAGENET = {
-    # name: (block kind, layers, torchvision's parameter count, state_dict size)
-    "resnet18": ("basic", [2, 2, 2, 2], 11_689_512, 122),
-    "resnet34": ("basic", [3, 4, 6, 3], 21_797_672, 218),
-    "resnet50": ("bottleneck", [3, 4, 6, 3], 25_557_032, 320),
-    "resnet101": ("bottleneck", [3, 4, 23, 3], 44_549_160, 626),
-    "resnet152": ("bottleneck", [3, 8, 36, 3], 60_192_808, 932),
+    # name: (block kind, layers, groups, width_per_group, torchvision's
+    # parameter count, state_dict size)
+    "resnet18": ("basic", [2, 2, 2, 2], 1, 64, 11_689_512, 122),
+    "resnet34": ("basic", [3, 4, 6, 3], 1, 64, 21_797_672, 218),
+    "resnet50": ("bottleneck", [3, 4, 6, 3], 1, 64, 25_557_032, 320),
+    "resnet101": ("bottleneck", [3, 4, 23, 3], 1, 64, 44_549_160, 626),
+    "resnet152": ("bottleneck", [3, 8, 36, 3], 1, 64, 60_192_808, 932),
+    "resnext50_32x4d": ("bottleneck", [3, 4, 6, 3], 32, 4, 25_028_904, 320),
+    "resnext101_32x8d": ("bottleneck", [3, 4, 23, 3], 32, 8, 88_791_336, 626),
+    "wide_resnet50_2": ("bottleneck", [3, 4, 6, 3], 1, 128, 68_883_240, 320),
+    "wide_resnet101_2": ("bottleneck", [3, 4, 23, 3], 1, 128, 126_886_696, 626),
 }
 
 
 @pytest.mark.parametrize("name", list(IMAGENET))
 def test_imagenet_counts_keys_shapes_and_order_match_torchvision(name):
-    kind, layers, n_params, n_keys = IMAGENET[name]
-    model = get_model(name)
+    kind, layers, groups, width, n_params, n_keys = IMAGENET[name]
+    with skip_init():  # shapes only (see the next test): seconds faster
+        model = get_model(name)
     assert count_parameters(model) == n_params
     state = model.state_dict()
     assert len(state) == n_keys
     got = [(k, tuple(np.shape(v))) for k, v in state.items()]
-    assert got == torchvision_state(kind, layers)
+    assert got == torchvision_state(kind, layers, groups=groups, width_per_group=width)
     assert state["bn1.num_batches_tracked"].dtype == np.int64
     assert all(v.dtype == np.float32 for k, v in state.items() if "num_batches" not in k)
+
+
+def test_skip_init_builds_the_same_model_and_draws_nothing():
+    built = mr.models.resnext50_32x4d(num_classes=10)
+    with skip_init():
+        skipped = mr.models.resnext50_32x4d(num_classes=10)
+    assert count_parameters(skipped) == count_parameters(built) == 23_000_394
+    a, b = built.state_dict(), skipped.state_dict()
+    assert [(k, v.shape, v.dtype) for k, v in a.items()] == [
+        (k, v.shape, v.dtype) for k, v in b.items()
+    ]
+    # Nothing drawn inside the block, and initialisation is back on after it.
+    mr.manual_seed(40)
+    want = mr.models.resnet20().layer3[2].conv2.weight.data
+    mr.manual_seed(40)
+    with skip_init():
+        mr.models.resnet20()
+    got = mr.models.resnet20().layer3[2].conv2.weight.data
+    np.testing.assert_array_equal(got, want)
+    assert abs(want.std() / np.sqrt(2 / (64 * 9)) - 1) < 0.05  # drawn, N(0, 2 / fan_out)
+    with pytest.raises(RuntimeError), skip_init():
+        raise RuntimeError  # an error inside the block still turns skipping off
+    assert mr.nn.init._skip is False
 
 
 @pytest.fixture(scope="module")
@@ -278,6 +319,8 @@ def test_resnet1202_forward_backward_at_the_default_recursion_limit(resnet1202_m
         {"residual": False},
         {"preact": True},
         {"preact": True, "shortcut": "B", "num_classes": 100},
+        {"width": 3},
+        {"width": 2, "preact": True, "shortcut": "B"},
     ],
 )
 def test_cifar_output_and_block_output_shapes(kwargs):
@@ -288,7 +331,14 @@ def test_cifar_output_and_block_output_shapes(kwargs):
     assert logits.shape == (2, kwargs.get("num_classes", 10))
     assert logits.dtype == np.float32
     shapes = [o.shape for o in outs]
-    assert shapes == [(2, 16, 32, 32)] * 4 + [(2, 32, 16, 16)] * 3 + [(2, 64, 8, 8)] * 3
+    k = kwargs.get("width", 1)
+    assert (
+        shapes
+        == [(2, 16, 32, 32)]
+        + [(2, 16 * k, 32, 32)] * 3
+        + [(2, 32 * k, 16, 16)] * 3
+        + [(2, 64 * k, 8, 8)] * 3
+    )
     np.testing.assert_array_equal(model(x).data, logits.data)  # BN in training mode
 
 
@@ -396,6 +446,15 @@ def test_gradcheck_bottleneck_stride2_with_downsample():
     assert check_module(Bottleneck(4, 2, 2, down), (2, 4, 5, 5), mode="elementwise")
 
 
+def test_gradcheck_grouped_bottleneck_stride2_with_downsample():
+    """The ResNeXt block: width int(2 * 96 / 64) * 2 = 6, a 3x3 conv in 2 groups."""
+    mr.manual_seed(11)
+    down = nn.Sequential(conv1x1(4, 8, 2), nn.BatchNorm2d(8))
+    block = Bottleneck(4, 2, 2, down, groups=2, base_width=96)
+    assert block.conv2.weight.shape == (6, 3, 3, 3) and block.conv2.groups == 2
+    assert check_module(block, (2, 4, 5, 5), mode="elementwise")
+
+
 @pytest.mark.parametrize("shortcut", ["A", "B"])
 def test_gradcheck_preact_block(shortcut):
     mr.manual_seed(12)
@@ -420,8 +479,14 @@ NET_TOL = {"eps": 1e-6, "atol": 1e-7, "rtol": 1e-6, "mode": "directional", "n_di
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"shortcut": "B"}, {"preact": True}, {"preact": True, "shortcut": "B"}],
-    ids=["A", "B", "preact-A", "preact-B"],
+    [
+        {},
+        {"shortcut": "B"},
+        {"preact": True},
+        {"preact": True, "shortcut": "B"},
+        {"width": 2},  # option A widens layer1 at stride 1: zero channels, no subsampling
+    ],
+    ids=["A", "B", "preact-A", "preact-B", "wide-A"],
 )
 def test_gradcheck_whole_depth8_net(kwargs):
     mr.manual_seed(14)
@@ -536,6 +601,13 @@ def test_float32_net_stays_float32_end_to_end():
 def test_registry():
     names = list_models()
     assert names[:5] == ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+    assert names[5:9] == [
+        "resnext50_32x4d",
+        "resnext101_32x8d",
+        "wide_resnet50_2",
+        "wide_resnet101_2",
+    ]
+    assert all(name in mr.models.__all__ for name in names)
     cifar = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202"]
     assert set(cifar) | {"plain20", "plain32", "plain44", "plain56", "plain110"} <= set(names)
     model = get_model("resnet32", num_classes=100, shortcut="B")
@@ -564,10 +636,17 @@ def test_count_parameters():
         (lambda: cifar_resnet(2), ValueError, r"cifar_resnet: depth .* got 2"),
         (lambda: cifar_resnet(20, shortcut="C"), ValueError, "shortcut must be 'A' or 'B'"),
         (lambda: cifar_resnet(20, num_classes=0), ValueError, "num_classes must be a positive"),
+        (lambda: cifar_resnet(20, width=0), ValueError, "cifar_resnet: width must be a positive"),
         (lambda: mr.models.plain20(residual=True), TypeError, "plain20: residual is always"),
         (lambda: ResNet(BasicBlock, [2, 2, 2]), ValueError, "ResNet: layers must be 4"),
         (lambda: ResNet(nn.Conv2d, [2, 2, 2, 2]), TypeError, "ResNet: block must be"),
         (lambda: BasicBlock(0, 4), ValueError, "BasicBlock: inplanes must be a positive"),
+        (lambda: BasicBlock(4, 4, groups=2), ValueError, r"BasicBlock: only groups=1 .*groups=2"),
+        (lambda: Bottleneck(4, 4, groups=0), ValueError, "Bottleneck: groups must be a positive"),
+        (lambda: Bottleneck(4, 1, base_width=32), ValueError, r"Bottleneck: the inner width"),
+        (lambda: ResNet(Bottleneck, [1] * 4, groups=0), ValueError, "ResNet: groups must be"),
+        (lambda: ResNet(BasicBlock, [1] * 4, width_per_group=32), ValueError, "BasicBlock: only"),
+        (lambda: mr.models.resnext50_32x4d(groups=8), TypeError, "groups"),
         (lambda: PreActBlock(4, 8, 2, "X"), ValueError, "PreActBlock: shortcut must be"),
         (lambda: ShortcutA(8, 4, 2), ValueError, r"ShortcutA: out_channels must be >= "),
     ],

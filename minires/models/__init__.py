@@ -3,6 +3,8 @@
     import minires as mr
 
     model = mr.models.resnet18(num_classes=10)     # torchvision layout
+    model = mr.models.resnext50_32x4d()            # also resnext101_32x8d,
+    model = mr.models.wide_resnet50_2()            # wide_resnet101_2
     model = mr.models.resnet20()                   # CIFAR, option-A shortcuts
     model = mr.models.cifar_resnet(56, shortcut="B", preact=True)
     model = mr.models.get_model("plain20")         # by name
@@ -42,7 +44,18 @@ from .cifar import (
     resnet110,
     resnet1202,
 )
-from .resnet import ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
+from .resnet import (
+    ResNet,
+    resnet18,
+    resnet34,
+    resnet50,
+    resnet101,
+    resnet152,
+    resnext50_32x4d,
+    resnext101_32x8d,
+    wide_resnet50_2,
+    wide_resnet101_2,
+)
 
 # The named constructors, in the order list_models() gives them.
 _MODELS: dict[str, Callable[..., Module]] = {
@@ -53,6 +66,10 @@ _MODELS: dict[str, Callable[..., Module]] = {
         resnet50,
         resnet101,
         resnet152,
+        resnext50_32x4d,
+        resnext101_32x8d,
+        wide_resnet50_2,
+        wide_resnet101_2,
         resnet20,
         resnet32,
         resnet44,
@@ -69,7 +86,8 @@ _MODELS: dict[str, Callable[..., Module]] = {
 
 
 def list_models() -> list[str]:
-    """The names ``get_model`` accepts: ImageNet ResNets, CIFAR ResNets, plain nets."""
+    """The names ``get_model`` accepts: ImageNet ResNets (ResNeXts and wide ResNets
+    among them), CIFAR ResNets, plain nets."""
     return list(_MODELS)
 
 

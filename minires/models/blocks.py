@@ -8,8 +8,13 @@ ImageNet blocks (torchvision v1.5 layout, attribute names and order as there,
 so ``state_dict()`` keys match torchvision's to the letter):
 
     BasicBlock   conv3x3(stride) -> BN -> ReLU -> conv3x3 -> BN, + downsample(x), ReLU
-    Bottleneck   conv1x1 -> BN -> ReLU -> conv3x3(stride) -> BN -> ReLU
+    Bottleneck   conv1x1 -> BN -> ReLU -> conv3x3(stride, groups) -> BN -> ReLU
                  -> conv1x1 (x4 channels) -> BN, + downsample(x), ReLU
+
+The Bottleneck's ``groups`` and ``base_width`` make the ResNeXt and wide
+ResNet blocks: its inner width is int(planes * base_width / 64) * groups, and
+its 3x3 convolution is split into ``groups`` independent convolutions. The
+plain ResNet block is groups=1, base_width=64 (width = planes).
 
 CIFAR blocks (He et al. 2016, §4.2, and "Identity Mappings in Deep Residual
 Networks", He et al. 2016b), with the shortcut in an attribute ``shortcut``:
@@ -40,9 +45,15 @@ Array = np.ndarray  # or a cupy.ndarray: the Function below is array-generic
 # --------------------------------------------------------------------------
 
 
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    """3x3 convolution, padding 1, no bias (the BN after it has one)."""
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    """3x3 convolution, padding 1, no bias (the BN after it has one).
+
+    ``groups`` splits the channels into that many independent convolutions,
+    each from in_planes / groups channels to out_planes / groups.
+    """
+    return nn.Conv2d(
+        in_planes, out_planes, kernel_size=3, stride=stride, padding=1, groups=groups, bias=False
+    )
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -95,9 +106,16 @@ class BasicBlock(nn.Module):
         planes: int,
         stride: int = 1,
         downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
     ):
         super().__init__()
         _check_planes("BasicBlock", inplanes=inplanes, planes=planes, stride=stride)
+        if groups != 1 or base_width != 64:
+            raise ValueError(
+                f"BasicBlock: only groups=1 and base_width=64 are supported (as in torchvision), "
+                f"got groups={groups!r}, base_width={base_width!r}"
+            )
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
@@ -122,6 +140,15 @@ class Bottleneck(nn.Module):
     Shapes: x (N, inplanes, H, W) -> (N, planes * 4, H', W'). The stride sits
     on the 3x3 convolution (torchvision's "v1.5"; the original paper put it on
     the first 1x1, which throws away 3/4 of the input before looking at it).
+
+    The inner width (conv1's output, conv2's input and output) is
+    ``int(planes * base_width / 64) * groups``, torchvision's formula:
+
+        ResNet-50         groups=1,  base_width=64   width = planes
+        ResNeXt-50 32x4d  groups=32, base_width=4    width = planes / 2, in 32 groups
+        Wide ResNet-50-2  groups=1,  base_width=128  width = 2 * planes
+
+    The output keeps planes * 4 channels whatever the width.
     """
 
     expansion = 4
@@ -132,14 +159,29 @@ class Bottleneck(nn.Module):
         planes: int,
         stride: int = 1,
         downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
     ):
         super().__init__()
-        _check_planes("Bottleneck", inplanes=inplanes, planes=planes, stride=stride)
-        self.conv1 = conv1x1(inplanes, planes)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, planes * self.expansion)
+        _check_planes(
+            "Bottleneck",
+            inplanes=inplanes,
+            planes=planes,
+            stride=stride,
+            groups=groups,
+            base_width=base_width,
+        )
+        width = int(planes * (base_width / 64.0)) * groups
+        if width == 0:
+            raise ValueError(
+                f"Bottleneck: the inner width int(planes * base_width / 64) * groups is 0 for "
+                f"planes={planes}, base_width={base_width}; it must be positive"
+            )
+        self.conv1 = conv1x1(inplanes, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, stride, groups)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample

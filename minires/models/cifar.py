@@ -17,6 +17,14 @@ counts with option A (the paper's Table 6 rounds them):
 The plain nets have the same counts; option B adds the projections (resnet20
 272,474); pre-activation nets have the same counts as the original ones.
 
+``width=k`` makes a wide ResNet (Zagoruyko & Komodakis 2016): 16k / 32k / 64k
+channels in the three stages (the stem keeps 16), so layer1's first block
+changes the width too and gets a shortcut. Their WRN-d-k, with n = (d - 4) / 6
+blocks per stage, is ``cifar_resnet(d - 2, width=k, preact=True,
+shortcut="B")`` but for the BatchNorm that follows our projections: WRN-28-10
+has 36,479,194 parameters, ``cifar_resnet(26, width=10, preact=True,
+shortcut="B")`` 36,481,434 (2 x (160 + 320 + 640) more). No dropout.
+
 For the tutorials: ``model.blocks()`` lists the blocks in order, and
 ``model(x, return_block_outputs=True)`` also returns every block's output
 (see ``CifarResNet.forward``).
@@ -65,6 +73,7 @@ class CifarResNet(nn.Module):
         num_classes: the size of the output.
         preact: use pre-activation blocks (BN -> ReLU -> conv, no ReLU after
             the add) and a final BN + ReLU before pooling.
+        width: the widening factor k: stages of 16k / 32k / 64k channels.
 
     Built for 32x32 inputs; any H, W >= 4 works (the maps shrink by 4).
     """
@@ -76,11 +85,13 @@ class CifarResNet(nn.Module):
         residual: bool = True,
         num_classes: int = 10,
         preact: bool = False,
+        width: int = 1,
     ):
         super().__init__()
-        _check_args(depth, shortcut, num_classes)
+        _check_args(depth, shortcut, num_classes, width)
         n = (depth - 2) // 6
         self.depth, self.preact, self.residual = depth, bool(preact), bool(residual)
+        self.width = width
         block = PreActBlock if preact else CifarBasicBlock
 
         self.conv1 = conv3x3(3, 16)
@@ -88,7 +99,7 @@ class CifarResNet(nn.Module):
             self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
         stages, in_planes = [], 16
-        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+        for planes, stride in ((16 * width, 1), (32 * width, 2), (64 * width, 2)):
             # Built as a list and wrapped once: adding to a growing container
             # one block at a time must stay O(1) each for resnet1202.
             blocks = [block(in_planes, planes, stride, shortcut, residual)]
@@ -97,9 +108,9 @@ class CifarResNet(nn.Module):
             in_planes = planes
         self.layer1, self.layer2, self.layer3 = stages
         if preact:
-            self.final_bn = nn.BatchNorm2d(64)
+            self.final_bn = nn.BatchNorm2d(in_planes)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(in_planes, num_classes)
         init_resnet_weights(self)
 
     def blocks(self) -> Iterator[nn.Module]:
@@ -135,10 +146,11 @@ class CifarResNet(nn.Module):
 
     def extra_repr(self) -> str:
         kind = "pre-activation " if self.preact else ""
-        return f"depth={self.depth}, {kind}{'residual' if self.residual else 'plain'}"
+        wide = f", width={self.width}" if self.width != 1 else ""
+        return f"depth={self.depth}{wide}, {kind}{'residual' if self.residual else 'plain'}"
 
 
-def _check_args(depth: object, shortcut: object, num_classes: object) -> None:
+def _check_args(depth: object, shortcut: object, num_classes: object, width: object) -> None:
     if not isinstance(depth, int) or isinstance(depth, bool) or depth < 8 or (depth - 2) % 6:
         raise ValueError(
             f"cifar_resnet: depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, "
@@ -148,6 +160,8 @@ def _check_args(depth: object, shortcut: object, num_classes: object) -> None:
         raise ValueError(f"cifar_resnet: shortcut must be 'A' or 'B', got {shortcut!r}")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"cifar_resnet: num_classes must be a positive int, got {num_classes!r}")
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+        raise ValueError(f"cifar_resnet: width must be a positive int, got {width!r}")
 
 
 def cifar_resnet(
@@ -156,9 +170,10 @@ def cifar_resnet(
     residual: bool = True,
     num_classes: int = 10,
     preact: bool = False,
+    width: int = 1,
 ) -> CifarResNet:
-    """The CIFAR net of the given depth (6n + 2); see ``CifarResNet``."""
-    return CifarResNet(depth, shortcut, residual, num_classes, preact)
+    """The CIFAR net of the given depth (6n + 2) and widening factor; see ``CifarResNet``."""
+    return CifarResNet(depth, shortcut, residual, num_classes, preact, width)
 
 
 def resnet20(**kwargs) -> CifarResNet:

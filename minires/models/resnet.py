@@ -1,4 +1,4 @@
-"""The ImageNet ResNets, laid out exactly as torchvision's.
+"""The ImageNet ResNets, ResNeXts and wide ResNets, laid out exactly as torchvision's.
 
     stem   conv1 7x7/2 (3 -> 64) -> bn1 -> relu -> maxpool 3x3/2
     body   layer1 .. layer4: stages of blocks, 64/128/256/512 planes,
@@ -13,6 +13,14 @@ the two as a dict of arrays. Parameter counts, to the unit:
 
     resnet18 11,689,512   resnet34 21,797,672   resnet50 25,557,032
     resnet101 44,549,160  resnet152 60,192,808
+
+The same skeleton with wider or grouped Bottlenecks (``groups`` and
+``width_per_group``, see ``Bottleneck``) gives the ResNeXts (Xie et al. 2017:
+the 3x3 convolution split into 32 groups, "cardinality") and the wide
+ResNets (Zagoruyko & Komodakis 2016: every Bottleneck's inner width doubled):
+
+    resnext50_32x4d 25,028,904    resnext101_32x8d 88,791,336
+    wide_resnet50_2 68,883,240    wide_resnet101_2 126,886,696
 """
 
 from __future__ import annotations
@@ -24,7 +32,18 @@ from .. import nn
 from ..autograd import Tensor
 from .blocks import BasicBlock, Bottleneck, conv1x1, init_resnet_weights, stage_blocks
 
-__all__ = ["ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+__all__ = [
+    "ResNet",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+]
 
 
 class ResNet(nn.Module):
@@ -36,6 +55,11 @@ class ResNet(nn.Module):
         num_classes: the size of the output.
         zero_init_residual: start every block's last BN weight at zero, so
             each block begins as (the ReLU of) its shortcut (Goyal et al. 2017).
+        groups: the number of groups of every Bottleneck's 3x3 convolution
+            (ResNeXt's cardinality); 1 for BasicBlock.
+        width_per_group: the channels of each group at 64 planes (layer1);
+            a Bottleneck's inner width is int(planes * width_per_group / 64)
+            * groups. 64 for BasicBlock.
 
     H and W should be at least 32: the stem and the three strided stages
     divide them by 32.
@@ -47,6 +71,8 @@ class ResNet(nn.Module):
         layers: Sequence[int],
         num_classes: int = 1000,
         zero_init_residual: bool = False,
+        groups: int = 1,
+        width_per_group: int = 64,
     ):
         super().__init__()
         if block not in (BasicBlock, Bottleneck):
@@ -55,6 +81,10 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet: layers must be 4 positive ints, got {layers!r}")
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"ResNet: num_classes must be a positive int, got {num_classes!r}")
+        for name, value in (("groups", groups), ("width_per_group", width_per_group)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ResNet: {name} must be a positive int, got {value!r}")
+        self.groups, self.base_width = groups, width_per_group
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -83,9 +113,10 @@ class ResNet(nn.Module):
                 conv1x1(self.inplanes, planes * block.expansion, stride),
                 nn.BatchNorm2d(planes * block.expansion),
             )
-        layers = [block(self.inplanes, planes, stride, downsample)]
+        widths = {"groups": self.groups, "base_width": self.base_width}
+        layers = [block(self.inplanes, planes, stride, downsample, **widths)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes) for _ in range(1, n)]
+        layers += [block(self.inplanes, planes, **widths) for _ in range(1, n)]
         return nn.Sequential(*layers)
 
     def blocks(self) -> Iterator[nn.Module]:
@@ -137,3 +168,25 @@ def resnet101(num_classes: int = 1000, **kwargs) -> ResNet:
 def resnet152(num_classes: int = 1000, **kwargs) -> ResNet:
     """ResNet-152: Bottleneck, [3, 8, 36, 3]; 60,192,808 parameters."""
     return ResNet(Bottleneck, [3, 8, 36, 3], num_classes, **kwargs)
+
+
+def resnext50_32x4d(num_classes: int = 1000, **kwargs) -> ResNet:
+    """ResNeXt-50 32x4d: resnet50's layout, 3x3 convs in 32 groups of 4 channels
+    (at layer1; 8, 16, 32 further on); 25,028,904 parameters."""
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, groups=32, width_per_group=4, **kwargs)
+
+
+def resnext101_32x8d(num_classes: int = 1000, **kwargs) -> ResNet:
+    """ResNeXt-101 32x8d: resnet101's layout, 32 groups of 8; 88,791,336 parameters."""
+    return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, groups=32, width_per_group=8, **kwargs)
+
+
+def wide_resnet50_2(num_classes: int = 1000, **kwargs) -> ResNet:
+    """Wide ResNet-50-2: resnet50 with every Bottleneck's inner width doubled
+    (the outer 256..2048 channels unchanged); 68,883,240 parameters."""
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, width_per_group=128, **kwargs)
+
+
+def wide_resnet101_2(num_classes: int = 1000, **kwargs) -> ResNet:
+    """Wide ResNet-101-2: resnet101, inner widths doubled; 126,886,696 parameters."""
+    return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, width_per_group=128, **kwargs)
