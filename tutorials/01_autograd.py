@@ -22,6 +22,9 @@
 # This notebook shows each of those statements with numbers computed by
 # minires, and ends each section with an `assert`, so the test suite fails if a
 # statement stops being true.
+#
+# *Runtime* (measured on a shared 2-core CPU): about 3 s in full mode, 2 s in
+# quick mode.
 
 # %%
 import os

@@ -25,6 +25,9 @@
 # The notebook runs everywhere. Without a GPU it shows the sources and the
 # index arithmetic, and says why the GPU part is skipped; with a GPU (and
 # CuPy) it also checks the GPU results against NumPy and times both.
+#
+# *Runtime* (measured on a shared 2-core CPU without a GPU): about 3 s in
+# either mode. No GPU has run it yet.
 
 # %%
 import inspect
