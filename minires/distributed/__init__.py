@@ -19,13 +19,16 @@ statistics of *its shard*, so its statistics are all-reduced too
 both claims.
 
 The engine is MPI, through mpi4py (``pip install "minires[dist]"`` brings
-mpi4py and MPICH, whose ``mpiexec`` starts the processes). Nothing here
-imports mpi4py until a process group with more than one process is asked
-for, so single-process minires needs NumPy alone.
+mpi4py and MPICH, whose ``mpiexec`` starts the processes). On GPUs (one
+process per GPU) it is NCCL for the arrays on the device, through CuPy:
+``init_process_group(device="cuda")``, or a model on CUDA, selects it.
+Nothing here imports mpi4py until a process group with more than one
+process is asked for, so single-process minires needs NumPy alone.
 
 Modules: comm.py (the process group and its collectives, with a count of
-the bytes and seconds they take), buckets.py (gradients all-reduced in a
-few large buffers), launch.py (starting ``mpiexec`` for the user).
+the bytes and seconds they take), nccl.py (the same group with NCCL for
+device arrays), buckets.py (gradients all-reduced in a few large buffers),
+launch.py (starting ``mpiexec`` for the user).
 """
 
 from .buckets import GradientBuckets, broadcast_arrays, check_ranks_agree
@@ -45,7 +48,9 @@ from .comm import (
     init_process_group,
     is_initialized,
     launched_world_size,
+    with_nccl,
 )
+from .nccl import NCCLCommunicator
 
 __all__ = [
     "CommStats",
@@ -53,6 +58,7 @@ __all__ = [
     "DistributedError",
     "GradientBuckets",
     "MPICommunicator",
+    "NCCLCommunicator",
     "SingleProcess",
     "all_reduce",
     "barrier",
@@ -66,4 +72,5 @@ __all__ = [
     "init_process_group",
     "is_initialized",
     "launched_world_size",
+    "with_nccl",
 ]

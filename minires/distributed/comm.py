@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.device import get_array_module, to_numpy
+from ..backends.device import check_device, get_array_module, to_numpy
 
 Array = Any
 _OPS = ("sum", "max", "min")
@@ -188,23 +188,54 @@ def launched_world_size() -> int:
     return 1
 
 
-def init_process_group(backend: str = "auto") -> Communicator:
-    """Join the default process group (idempotent) and return it.
+_BACKENDS = ("auto", "mpi", "nccl", "single")
 
-    backend: "mpi", "single", or "auto": MPI when this process was started by
-    mpiexec with more than one process, else the group of one.
+
+def init_process_group(backend: str = "auto", device: str = "cpu") -> Communicator:
+    """Join the default process group and return it.
+
+    backend: "mpi", "nccl" (MPI, plus NCCL for the arrays on GPUs: see
+    nccl.py), "single", or "auto": when this process was started by mpiexec
+    with more than one process, NCCL if ``device`` is "cuda", else MPI; the
+    group of one otherwise.
+
+    Idempotent, with one exception: asking for NCCL when the group is MPI
+    turns it into an NCCL group (the same processes, ranks and counts), and
+    makes this process's GPU current. Every rank must ask at the same point,
+    before its model or data is moved to the GPU.
     """
     global _group
-    if _group is not None:
-        return _group
-    if backend not in ("auto", "mpi", "single"):
+    if backend not in _BACKENDS:
         raise ValueError(
-            f"init_process_group: backend must be auto, mpi or single, got {backend!r}"
+            f"init_process_group: backend must be one of {', '.join(_BACKENDS)}, got {backend!r}"
         )
+    check_device("init_process_group", device)
     if backend == "auto":
-        backend = "mpi" if launched_world_size() > 1 else "single"
-    _group = MPICommunicator() if backend == "mpi" else SingleProcess()
+        many = launched_world_size() > 1
+        backend = ("nccl" if device == "cuda" else "mpi") if many else "single"
+    if _group is None:
+        _group = SingleProcess() if backend == "single" else MPICommunicator()
+    if backend == "nccl":
+        _group = with_nccl(_group)
     return _group
+
+
+def with_nccl(group: Communicator) -> Communicator:
+    """``group`` with its collectives on CuPy arrays done by NCCL (see nccl.py).
+
+    An MPI group becomes an NCCLCommunicator over the same processes (and
+    replaces the default group if it was it); an NCCL group, or the group of
+    one (whose collectives never copy anything), is returned as it is.
+    """
+    global _group
+    if group.name != "mpi":
+        return group
+    from .nccl import NCCLCommunicator
+
+    upgraded = NCCLCommunicator(group.comm, stats=group.stats)
+    if group is _group:
+        _group = upgraded
+    return upgraded
 
 
 def is_initialized() -> bool:
@@ -217,9 +248,15 @@ def destroy_process_group() -> None:
     _group = None
 
 
-def get_communicator() -> Communicator:
-    """The default group, joined on first use (see init_process_group)."""
-    return init_process_group() if _group is None else _group
+def get_communicator(device: str = "cpu") -> Communicator:
+    """The default group, joined on first use (see init_process_group).
+
+    device: where the arrays to reduce live; for "cuda" the group uses NCCL
+    (init_process_group(device="cuda")) when there is more than one process.
+    """
+    if _group is None or device == "cuda":
+        return init_process_group(device=device)
+    return _group
 
 
 def get_rank() -> int:
