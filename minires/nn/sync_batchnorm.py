@@ -97,7 +97,7 @@ class SyncBatchNormFunction(Function):
         gy2 = gyc.reshape(C, -1)
         sums = xp.empty((2, C), gy.dtype)
         xp.sum(gy2, axis=1, out=sums[0])  # this process's gbeta
-        xp.einsum("cm,cm->c", gy2, self.xhat, out=sums[1])  # this process's ggamma
+        sums[1] = xp.einsum("cm,cm->c", gy2, self.xhat)  # ggamma (CuPy's einsum has no out=)
         gbeta, ggamma = sums[0].copy(), sums[1].copy()
         gx = None
         if self.needs_input_grad[0]:

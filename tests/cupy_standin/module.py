@@ -226,6 +226,9 @@ def tensordot(a: Any, b: Any, axes: Any = 2) -> Any:
 
 
 def einsum(subscripts: str, *operands: Any, **kwargs: Any) -> Any:
+    unknown = sorted(set(kwargs) - {"dtype", "optimize"})
+    if unknown:  # CuPy's einsum has no out, order or casting
+        raise TypeError(f"Did not understand the following kwargs: {unknown}")
     arrays = [device_array(a, "cupy.einsum")._a for a in operands]
     record("cublas", f"einsum {subscripts}")
     return wrap(np.einsum(subscripts, *arrays, **kwargs))

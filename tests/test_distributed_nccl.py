@@ -1,0 +1,214 @@
+"""The GPU twin: data-parallel training over NCCL, proved on the CuPy stand-in and on GPUs.
+
+mpi_nccl_worker.py runs on two MPI processes, each with its "GPU", and joins
+the NCCL process group; these tests compare what the ranks saved with one
+CPU process on the whole batch (distributed_cases.py), in float64:
+
+* one SGD step of a ResNet-8 with SyncBatchNorm (default group) through
+  DistributedDataParallel equals the step of one CPU process on 2B, to 1e-10;
+* the gradients went to NCCL in the few buckets of the CPU tests, their
+  bytes once; SyncBatchNorm's sums went to NCCL too (3 per layer);
+* no gradient visited the host: the gradient all-reduce copied nothing
+  between host and device, and the whole step copied to the host only the
+  one count per SyncBatchNorm layer;
+* the collectives on device arrays (sum, max, min; float32, int64, bool, a
+  strided view; broadcast; all_gather) and on a host array (over MPI).
+
+Where: the stand-in runs everywhere (tests/cupy_standin: NumPy memory, the
+real kernels on CPU threads, NCCL's calls done over MPI with the real raw
+pointers and counts). The tests marked ``gpu`` run the same worker and the
+same checks with the real CuPy and NCCL: two GPUs for the step, one for the
+collectives (a group of one process still makes every NCCL call). They skip,
+saying why, without GPUs or NCCL.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import distributed_cases as cases
+import numpy as np
+import pytest
+from mpi_helpers import REPO, run_mpi
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cupy_standin  # noqa: E402
+from cuda_harness import harness  # noqa: E402
+
+from minires.distributed import GradientBuckets, SingleProcess  # noqa: E402
+
+TOL = 1e-10
+WORKER = str(REPO / "tests" / "mpi_nccl_worker.py")
+
+
+def run_worker(nproc: int, out: Path, mode: str, kernels: Path | None = None) -> dict:
+    """Run the worker on ``nproc`` processes: {"collectives"|"step"|"traffic": [per rank]}."""
+    args = [WORKER, str(out), mode] + ([str(kernels)] if kernels else [])
+    done = run_mpi(nproc, args, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {
+        name: [dict(np.load(out / f"{name}-rank{r}.npz")) for r in range(nproc)]
+        for name in ("collectives", "step", "traffic")
+        if (out / f"{name}-rank0.npz").exists()
+    }
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory) -> dict:
+    """The worker on 2 processes with the CuPy + NCCL stand-in (kernels built once, here)."""
+    if harness.find_compiler() is None:
+        pytest.skip("no C++ compiler (g++, clang++ or $CXX) to build the CUDA CPU harness")
+    kernels = tmp_path_factory.mktemp("kernels")
+    cupy_standin.prebuild_minires_kernels(kernels)
+    return run_worker(cases.WORLD, tmp_path_factory.mktemp("nccl"), "standin", kernels)
+
+
+# --------------------------------------------------------------------------
+# The checks, shared by the stand-in and the GPUs
+# --------------------------------------------------------------------------
+
+
+def check_step_equals_one_cpu_process(ranks: dict) -> None:
+    x, y = cases.global_batch()
+    reference = cases.train_step(cases.make_model(False), [(x, y)])
+    for state in ranks["step"]:
+        assert state.keys() == reference.keys()
+        worst = max(float(np.abs(state[k] - reference[k]).max()) for k in reference)
+        assert worst < TOL, worst  # weights and running statistics
+
+
+def check_gradients_went_through_nccl(ranks: dict) -> None:
+    params = list(cases.make_model(False).parameters())
+    buckets = GradientBuckets(params, SingleProcess(), cases.BUCKET_BYTES)
+    n_buckets, grad_bytes = len(buckets.buckets), sum(p.data.nbytes for p in params)
+    n_bn = 7  # ResNet-8: the stem and two per block
+    assert 1 < n_buckets < len(params) / 2
+    for t in ranks["traffic"]:
+        assert int(t["buckets"]) == n_buckets
+        # The gradient all-reduce: one NCCL call per bucket, every gradient
+        # once; over MPI only the tiny host flags of who has a gradient.
+        assert int(t["reduce_nccl_all_reduce"]) == n_buckets
+        assert int(t["reduce_nccl_all_reduce_bytes"]) == grad_bytes
+        assert int(t["reduce_mpi_all_reduce"]) == 1
+        # Forward and backward: SyncBatchNorm's sums, 3 NCCL calls per layer
+        # (statistics, deviations, backward), and the buffers DDP broadcasts
+        # (one call per dtype); no collective over MPI.
+        assert int(t["forward_backward_nccl_all_reduce"]) == 3 * n_bn
+        assert int(t["forward_backward_nccl_broadcast"]) == 2
+        assert int(t["forward_backward_mpi_all_reduce"]) == 0
+
+
+def check_no_gradient_visits_the_host(ranks: dict) -> None:
+    """Stand-in only: its counts of every copy between host and device."""
+    n_bn = 7
+    for t in ranks["traffic"]:
+        assert int(t["reduce_standin_allreduce"]) == int(t["reduce_nccl_all_reduce"])
+        assert int(t["reduce_standin_nccl_bytes"]) == int(t["reduce_nccl_all_reduce_bytes"])
+        assert int(t["reduce_h2d"]) == 0 and int(t["reduce_d2h"]) == 0
+        assert int(t["forward_backward_h2d"]) == 0
+        # To the host: one float64 count per SyncBatchNorm layer, and a byte
+        # or so of the loss's checks; never an array the size of a gradient.
+        assert 8 * n_bn <= int(t["forward_backward_d2h_bytes"]) < 8 * n_bn + 16
+
+
+def check_collectives(ranks: dict) -> None:
+    W = len(ranks["collectives"])
+    base = np.arange(6, dtype=np.float32).reshape(2, 3)
+    factors = np.arange(1, W + 1)
+    for got in ranks["collectives"]:
+        assert got["sum"].dtype == np.float32
+        np.testing.assert_array_equal(got["sum"], base * factors.sum())
+        np.testing.assert_array_equal(got["max"], base * W)
+        np.testing.assert_array_equal(got["min"], base)
+        np.testing.assert_array_equal(got["int64"], [sum(10**12 + r for r in range(W))] * 3)
+        expected_grid = np.zeros((4, 3))
+        expected_grid[:, 1] = factors.sum()  # the strided column, and nothing else
+        np.testing.assert_array_equal(got["strided"], expected_grid)
+        np.testing.assert_array_equal(got["bool"], [True, False, True])
+        np.testing.assert_array_equal(got["broadcast"], np.full(5, W - 1.0))
+        np.testing.assert_array_equal(got["gather"], [[r, 10 + r] for r in range(W)])
+        np.testing.assert_array_equal(got["host"], [factors.sum()])
+        # Six device all-reduces and one broadcast went to NCCL; the host array
+        # and the agreement on starting NCCL went over MPI.
+        np.testing.assert_array_equal(got["stats_calls"], [6, 1, 2])
+
+
+# --------------------------------------------------------------------------
+# On the stand-in (everywhere)
+# --------------------------------------------------------------------------
+
+
+def test_standin_step_equals_one_cpu_process_on_the_whole_batch(standin):
+    check_step_equals_one_cpu_process(standin)
+
+
+def test_standin_every_rank_holds_the_same_weights(standin):
+    r0, r1 = standin["step"]
+    assert all(np.array_equal(r0[k], r1[k]) for k in r0)
+
+
+def test_standin_gradients_travel_through_nccl_in_a_few_buckets(standin):
+    check_gradients_went_through_nccl(standin)
+
+
+def test_standin_no_gradient_visits_the_host(standin):
+    check_no_gradient_visits_the_host(standin)
+
+
+def test_standin_collectives_on_device_arrays(standin):
+    check_collectives(standin)
+
+
+# --------------------------------------------------------------------------
+# On real GPUs (marked gpu)
+# --------------------------------------------------------------------------
+
+
+@functools.cache
+def _why_no_nccl(gpus: int) -> str:
+    """'' when CuPy, NCCL and ``gpus`` GPUs are usable here; else the reason."""
+    from minires.backends import cuda_backend, nccl
+
+    if not cuda_backend.gpu_available():
+        return cuda_backend.gpu_unavailable_reason()
+    try:
+        nccl.nccl_module()
+    except nccl.NcclUnavailable as e:
+        return str(e)
+    have = nccl.device_count()
+    return "" if have >= gpus else f"needs {gpus} GPUs, this machine has {have}"
+
+
+def _require_gpus(n: int) -> None:
+    why = _why_no_nccl(n)
+    if why:
+        pytest.skip(f"NCCL on {n} GPU(s) cannot run here: {why}")
+
+
+@pytest.fixture(scope="module")
+def two_gpus(tmp_path_factory) -> dict:
+    _require_gpus(2)
+    return run_worker(2, tmp_path_factory.mktemp("gpus"), "cuda")
+
+
+@pytest.mark.gpu
+def test_two_gpus_step_equals_one_cpu_process_on_the_whole_batch(two_gpus):
+    check_step_equals_one_cpu_process(two_gpus)
+
+
+@pytest.mark.gpu
+def test_two_gpus_gradients_travel_through_nccl_in_a_few_buckets(two_gpus):
+    check_gradients_went_through_nccl(two_gpus)
+
+
+@pytest.mark.gpu
+def test_two_gpus_collectives_on_device_arrays(two_gpus):
+    check_collectives(two_gpus)
+
+
+@pytest.mark.gpu
+def test_one_gpu_makes_every_nccl_call(tmp_path):
+    _require_gpus(1)
+    check_collectives(run_worker(1, tmp_path, "cuda"))
