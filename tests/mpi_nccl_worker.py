@@ -11,7 +11,9 @@ Each rank joins the process group for the GPU, then saves to OUT:
 * collectives-rank<r>.npz: all_reduce (sum, max, min; float32, int64, bool,
   a non-contiguous view), broadcast and all_gather of device arrays, and an
   all_reduce of a host array (which goes over MPI);
-* with 2 processes, step-rank<r>.npz: the state after one SGD step of
+* with 2 processes, layer-rank<r>.npz: distributed_cases's SyncBatchNorm
+  layer case on the GPU, with the default group left for the layer to make
+  NCCL; step-rank<r>.npz: the state after one SGD step of
   distributed_cases's float64 ResNet-8 with SyncBatchNorm (default group) on
   the GPU, wrapped in DistributedDataParallel, on this rank's shard; and
   traffic-rank<r>.npz: the group's collectives during the whole step and
@@ -65,15 +67,67 @@ def collectives(comm: dist.Communicator) -> dict[str, np.ndarray]:
     return out
 
 
-def step(comm: dist.Communicator, counts) -> tuple[dict, dict]:
-    """One SGD step through DistributedDataParallel: (the state, the traffic)."""
+def cpu_group() -> dist.Communicator:
+    """A fresh default group as a CPU program makes it: MPI, no NCCL yet."""
+    dist.destroy_process_group()
+    group = dist.init_process_group()
+    assert group.name == "mpi", group
+    return group
+
+
+def sync_bn_layer(counts) -> dict[str, np.ndarray]:
+    """distributed_cases.sync_bn_layer_case on the GPU, the default group left to the layer.
+
+    The default group is MPI: SyncBatchNorm, seeing its input on the GPU,
+    must turn it into NCCL, so that its sums stay on the device.
+    """
     import cupy as cp
 
+    cpu_group()
+    rng = np.random.default_rng(2)  # the draws of sync_bn_layer_case
+    x = rng.normal(3.0, 1.5, size=(cases.WORLD * 3, 5, 4, 3))
+    w = rng.normal(size=x.shape)
+    layer = mr.nn.SyncBatchNorm(5).to(np.float64)
+    layer.weight.data[:] = rng.normal(size=5)
+    layer.bias.data[:] = rng.normal(size=5)
+    layer.to("cuda")
+    r = dist.get_rank()
+    mine = slice(r * 3, (r + 1) * 3)
+    xt, wt = mr.Tensor(cp.asarray(x[mine]), requires_grad=True), mr.Tensor(cp.asarray(w[mine]))
+    if counts is not None:
+        counts.reset()
+    y = layer(xt)
+    (y * wt).sum().backward()
+    d2h_bytes = -1 if counts is None else counts.d2h_bytes
+    got = {
+        "y": y.data,
+        "gx": xt.grad,
+        "ggamma": layer.weight.grad,
+        "gbeta": layer.bias.grad,
+        "running_mean": layer.running_mean,
+        "running_var": layer.running_var,
+    }
+    got = {k: to_numpy(v) for k, v in got.items()}
+    got["group_is_nccl"] = np.array(dist.get_communicator().name == "nccl")
+    got["d2h_bytes"] = np.array(d2h_bytes)
+    return got
+
+
+def step(counts) -> tuple[dict, dict]:
+    """One SGD step through DistributedDataParallel: (the state, the traffic).
+
+    The default group is MPI: the wrapper, seeing the model on the GPU, must
+    turn it into NCCL.
+    """
+    import cupy as cp
+
+    cpu_group()
     x, y = cases.global_batch()
     model = cases.make_model(True)  # SyncBatchNorm over the default group
     model.to("cuda")
     ddp = mr.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=cases.BUCKET_BYTES / 2**20)
-    assert ddp.process_group is comm, ddp.process_group
+    comm = ddp.process_group
+    assert comm.name == "nccl" and comm is dist.get_communicator(), comm
     opt = mr.optim.SGD(
         model.parameters(), cases.LR, momentum=cases.MOMENTUM, weight_decay=cases.WEIGHT_DECAY
     )
@@ -131,7 +185,9 @@ def main(out: Path, mode: str, kernels: Path | None) -> None:
         r = comm.rank
         np.savez(out / f"collectives-rank{r}.npz", **collectives(comm))
         if comm.world_size == cases.WORLD:
-            state, traffic = step(comm, standin.counts if standin else None)
+            counts = standin.counts if standin else None
+            np.savez(out / f"layer-rank{r}.npz", **sync_bn_layer(counts))
+            state, traffic = step(counts)
             np.savez(out / f"step-rank{r}.npz", **state)
             np.savez(out / f"traffic-rank{r}.npz", **traffic)
         comm.barrier()

@@ -6,6 +6,12 @@ CPU process on the whole batch (distributed_cases.py), in float64:
 
 * one SGD step of a ResNet-8 with SyncBatchNorm (default group) through
   DistributedDataParallel equals the step of one CPU process on 2B, to 1e-10;
+* a SyncBatchNorm layer on two shards equals BatchNorm2d on their union
+  (outputs, input gradients, gamma/beta gradients once summed, running
+  statistics);
+* selection: the default group starts as MPI (as a CPU program makes it),
+  and DistributedDataParallel, or SyncBatchNorm alone, seeing arrays on the
+  GPU, makes it NCCL;
 * the gradients went to NCCL in the few buckets of the CPU tests, their
   bytes once; SyncBatchNorm's sums went to NCCL too (3 per layer);
 * no gradient visited the host: the gradient all-reduce copied nothing
@@ -37,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cupy_standin  # noqa: E402
 from cuda_harness import harness  # noqa: E402
 
+import minires as mr  # noqa: E402
 from minires.distributed import GradientBuckets, SingleProcess  # noqa: E402
 
 TOL = 1e-10
@@ -50,7 +57,7 @@ def run_worker(nproc: int, out: Path, mode: str, kernels: Path | None = None) ->
     assert done.returncode == 0, done.stdout + done.stderr
     return {
         name: [dict(np.load(out / f"{name}-rank{r}.npz")) for r in range(nproc)]
-        for name in ("collectives", "step", "traffic")
+        for name in ("collectives", "layer", "step", "traffic")
         if (out / f"{name}-rank0.npz").exists()
     }
 
@@ -77,6 +84,28 @@ def check_step_equals_one_cpu_process(ranks: dict) -> None:
         assert state.keys() == reference.keys()
         worst = max(float(np.abs(state[k] - reference[k]).max()) for k in reference)
         assert worst < TOL, worst  # weights and running statistics
+
+
+def check_sync_bn_layer_equals_batchnorm_on_the_union(ranks: dict) -> None:
+    """The layer case of test_distributed_mpi.py, on the GPU; the layer made the group NCCL."""
+    rng = np.random.default_rng(2)  # the draws of distributed_cases.sync_bn_layer_case
+    x = rng.normal(3.0, 1.5, size=(cases.WORLD * 3, 5, 4, 3))
+    w = rng.normal(size=x.shape)
+    bn = mr.nn.BatchNorm2d(5).to(np.float64)
+    bn.weight.data[:] = rng.normal(size=5)
+    bn.bias.data[:] = rng.normal(size=5)
+    xt = mr.Tensor(x, requires_grad=True)
+    yt = bn(xt)
+    (yt * mr.Tensor(w)).sum().backward()
+    got = ranks["layer"]
+    assert all(bool(g["group_is_nccl"]) for g in got)
+    assert np.abs(np.concatenate([g["y"] for g in got]) - yt.data).max() < TOL
+    assert np.abs(np.concatenate([g["gx"] for g in got]) - xt.grad).max() < TOL
+    assert np.abs(sum(g["ggamma"] for g in got) - bn.weight.grad).max() < TOL
+    assert np.abs(sum(g["gbeta"] for g in got) - bn.bias.grad).max() < TOL
+    for g in got:
+        assert np.abs(g["running_mean"] - bn.running_mean).max() < TOL
+        assert np.abs(g["running_var"] - bn.running_var).max() < TOL
 
 
 def check_gradients_went_through_nccl(ranks: dict) -> None:
@@ -111,6 +140,8 @@ def check_no_gradient_visits_the_host(ranks: dict) -> None:
         # To the host: one float64 count per SyncBatchNorm layer, and a byte
         # or so of the loss's checks; never an array the size of a gradient.
         assert 8 * n_bn <= int(t["forward_backward_d2h_bytes"]) < 8 * n_bn + 16
+    for g in ranks["layer"]:  # one layer, alone: its count, 8 bytes
+        assert int(g["d2h_bytes"]) == 8
 
 
 def check_collectives(ranks: dict) -> None:
@@ -142,6 +173,10 @@ def check_collectives(ranks: dict) -> None:
 
 def test_standin_step_equals_one_cpu_process_on_the_whole_batch(standin):
     check_step_equals_one_cpu_process(standin)
+
+
+def test_standin_sync_bn_layer_equals_batchnorm_on_the_union(standin):
+    check_sync_bn_layer_equals_batchnorm_on_the_union(standin)
 
 
 def test_standin_every_rank_holds_the_same_weights(standin):
@@ -196,6 +231,11 @@ def two_gpus(tmp_path_factory) -> dict:
 @pytest.mark.gpu
 def test_two_gpus_step_equals_one_cpu_process_on_the_whole_batch(two_gpus):
     check_step_equals_one_cpu_process(two_gpus)
+
+
+@pytest.mark.gpu
+def test_two_gpus_sync_bn_layer_equals_batchnorm_on_the_union(two_gpus):
+    check_sync_bn_layer_equals_batchnorm_on_the_union(two_gpus)
 
 
 @pytest.mark.gpu
