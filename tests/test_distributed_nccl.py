@@ -31,6 +31,7 @@ saying why, without GPUs or NCCL.
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from pathlib import Path
 
@@ -44,6 +45,7 @@ import cupy_standin  # noqa: E402
 from cuda_harness import harness  # noqa: E402
 
 import minires as mr  # noqa: E402
+from minires.checkpoint import load_checkpoint  # noqa: E402
 from minires.distributed import GradientBuckets, SingleProcess  # noqa: E402
 
 TOL = 1e-10
@@ -69,7 +71,8 @@ def standin(tmp_path_factory) -> dict:
         pytest.skip("no C++ compiler (g++, clang++ or $CXX) to build the CUDA CPU harness")
     kernels = tmp_path_factory.mktemp("kernels")
     cupy_standin.prebuild_minires_kernels(kernels)
-    return run_worker(cases.WORLD, tmp_path_factory.mktemp("nccl"), "standin", kernels)
+    ranks = run_worker(cases.WORLD, tmp_path_factory.mktemp("nccl"), "standin", kernels)
+    return {**ranks, "kernels": kernels}
 
 
 # --------------------------------------------------------------------------
@@ -194,6 +197,31 @@ def test_standin_no_gradient_visits_the_host(standin):
 
 def test_standin_collectives_on_device_arrays(standin):
     check_collectives(standin)
+
+
+def test_standin_train_nproc_2_on_cuda_uses_nccl_and_matches_the_cpu_run(standin, tmp_path):
+    """``minires train --device cuda`` on 2 processes (what ``--nproc 2`` starts): NCCL, and
+    the weights and losses of the same run on 2 CPU processes (float32, different kernels)."""
+    tiny = ["--num-train", "16", "--num-test", "8", "--batch-size", "4", "--epochs", "1"]
+    tiny += ["--progress", "none"]
+    cli_worker = str(REPO / "tests" / "mpi_nccl_cli_worker.py")
+    done = run_mpi(
+        2,
+        [cli_worker, str(standin["kernels"]), "train", *tiny, "--device", "cuda", "--out", "gpu"],
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("collectives over NCCL (device arrays) and MPI") == 1, done.stdout
+    done = run_mpi(2, ["-m", "minires", "train", *tiny, "--out", "cpu"], cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("collectives over MPI") == 1, done.stdout
+    gpu, cpu = (load_checkpoint(tmp_path / run / "checkpoint.npz") for run in ("gpu", "cpu"))
+    assert gpu["config"]["device"] == "cuda" and cpu["config"]["device"] == "cpu"
+    for key, value in cpu["model"].items():
+        np.testing.assert_allclose(gpu["model"][key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+    metrics = [json.loads((tmp_path / run / "metrics.jsonl").read_text()) for run in ("gpu", "cpu")]
+    for key in ("train_loss", "test_loss"):
+        assert abs(metrics[0][key] - metrics[1][key]) < 1e-5, key
 
 
 # --------------------------------------------------------------------------
