@@ -4,7 +4,8 @@ MODE "standin": CuPy and NCCL are the test stand-ins (tests/cupy_standin:
 NumPy memory, the real kernels/*.cu on CPU threads, NCCL's collectives over
 MPI between these processes); KERNELS is the folder where the test built the
 kernels, which every process loads. MODE "cuda": the real CuPy and NCCL, one
-GPU per process.
+GPU per process. MODE "too-few-gpus": two processes on a stand-in with one
+GPU, which must both fail to start NCCL, with the reason (error-rank<r>.txt).
 
 Each rank joins the process group for the GPU, then saves to OUT:
 
@@ -169,8 +170,19 @@ def _traffic(comm: dist.Communicator, counts, phase: str) -> dict[str, int]:
     return got
 
 
+def too_few_gpus(out: Path) -> None:
+    """Two processes, one stand-in GPU: every rank must raise (none may wait forever)."""
+    with cupy_standin.install(device_count=1):
+        try:
+            dist.init_process_group(device="cuda")
+        except dist.DistributedError as e:
+            (out / f"error-rank{dist.get_rank()}.txt").write_text(str(e))
+
+
 def main(out: Path, mode: str, kernels: Path | None) -> None:
     mr.set_num_threads(1)
+    if mode == "too-few-gpus":
+        return too_few_gpus(out)
     if mode == "standin":
         cupy_standin.prebuild_minires_kernels(kernels)
         gpu = cupy_standin.install(device_count=2)

@@ -45,8 +45,10 @@ import cupy_standin  # noqa: E402
 from cuda_harness import harness  # noqa: E402
 
 import minires as mr  # noqa: E402
+from minires import distributed as dist  # noqa: E402
+from minires.backends import nccl as nccl_backend  # noqa: E402
 from minires.checkpoint import load_checkpoint  # noqa: E402
-from minires.distributed import GradientBuckets, SingleProcess  # noqa: E402
+from minires.distributed import GradientBuckets, NCCLCommunicator, SingleProcess  # noqa: E402
 
 TOL = 1e-10
 WORKER = str(REPO / "tests" / "mpi_nccl_worker.py")
@@ -222,6 +224,111 @@ def test_standin_train_nproc_2_on_cuda_uses_nccl_and_matches_the_cpu_run(standin
     metrics = [json.loads((tmp_path / run / "metrics.jsonl").read_text()) for run in ("gpu", "cpu")]
     for key in ("train_loss", "test_loss"):
         assert abs(metrics[0][key] - metrics[1][key]) < 1e-5, key
+
+
+def test_standin_too_few_gpus_fails_on_every_rank_with_the_reason(tmp_path):
+    done = run_mpi(2, [WORKER, str(tmp_path), "too-few-gpus"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    errors = [(tmp_path / f"error-rank{r}.txt").read_text() for r in range(2)]
+    assert "needs GPU 1, but the machine has 1 GPU(s)" in errors[1], errors
+    assert "another process could not start NCCL" in errors[0], errors
+
+
+# --------------------------------------------------------------------------
+# Choosing the engine, the calls NCCL gets, and clear errors (one process, no MPI)
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def alone(monkeypatch):
+    """A process not started by mpiexec, with no default group before or after."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    dist.destroy_process_group()
+    yield
+    dist.destroy_process_group()
+
+
+def test_one_process_on_cuda_is_the_group_of_one(alone):
+    group = dist.init_process_group(device="cuda")
+    assert isinstance(group, SingleProcess)
+    assert dist.get_communicator("cuda") is group and dist.with_nccl(group) is group
+
+
+def test_init_process_group_refuses_unknown_backends_and_devices(alone):
+    with pytest.raises(ValueError, match="backend must be one of auto, mpi, nccl, single.*'gloo'"):
+        dist.init_process_group("gloo")
+    with pytest.raises(ValueError, match="init_process_group: expected device .*'gpu'"):
+        dist.init_process_group(device="gpu")
+
+
+def test_nccl_without_cupy_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` fails
+    with pytest.raises(nccl_backend.NcclUnavailable, match=r"minires\[gpu\]"):
+        nccl_backend.nccl_module()
+
+
+class RecordingComm:
+    """Stands for cupy.cuda.nccl.NcclCommunicator: records each call's arguments."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __getattr__(self, name: str):
+        return lambda *args: self.calls.append((name, *args))
+
+
+@pytest.fixture
+def recorded():
+    """An NcclGroup of 2 ranks on the stand-in, whose NCCL calls are recorded, not made."""
+    with cupy_standin.install() as gpu:
+        group = nccl_backend.NcclGroup.__new__(nccl_backend.NcclGroup)
+        group.nccl, group.comm = cupy_standin.nccl, RecordingComm()
+        group.rank, group.world_size = 0, 2
+        yield gpu.cupy, group
+
+
+def test_nccl_gets_pointers_counts_and_its_constants(recorded):
+    cp, group = recorded
+    nccl = cupy_standin.nccl
+    a = cp.zeros((2, 3), dtype=cp.float32)
+    group.all_reduce(a, "max")
+    group.broadcast(cp.zeros(4, dtype=cp.int64), root=1)
+    flags = cp.zeros(3, dtype=bool)
+    group.all_reduce(flags, "sum")
+    out = group.all_gather(cp.zeros(5))
+    (reduce, p1, p2, n, dtype, op, stream), bcast, reduce_bool, gather = group.comm.calls
+    assert (reduce, p1, p2, n, dtype, op, stream) == (
+        "allReduce",
+        a.data.ptr,
+        a.data.ptr,
+        6,
+        nccl.NCCL_FLOAT32,
+        nccl.NCCL_MAX,
+        0,
+    )  # in place: a's own memory
+    assert bcast[0] == "bcast" and bcast[2:] == (4, nccl.NCCL_INT64, 1, 0)
+    assert reduce_bool[1] == flags.data.ptr and reduce_bool[3:5] == (3, nccl.NCCL_UINT8)
+    assert gather[0] == "allGather" and gather[2:] == (out.data.ptr, 5, nccl.NCCL_FLOAT64, 0)
+    assert out.shape == (2, 5)
+
+
+def test_nccl_refuses_host_arrays_and_unknown_dtypes(recorded):
+    cp, group = recorded
+    with pytest.raises(TypeError, match="NCCL all_reduce: expected a CuPy array, got ndarray"):
+        group.all_reduce(np.zeros(3))
+    with pytest.raises(TypeError, match="NCCL broadcast: cannot reduce dtype complex64"):
+        group.broadcast(cp.zeros(3, dtype=cp.complex64))
+    assert group.comm.calls == []
+
+
+def test_an_array_on_another_gpu_is_a_clear_error():
+    with cupy_standin.install(device_count=2) as gpu:
+        a = gpu.cupy.zeros(3)  # on GPU 0, the current one
+        comm = NCCLCommunicator.__new__(NCCLCommunicator)  # as set up on GPU 1, without MPI
+        comm.rank, comm.device = 1, 1
+        with pytest.raises(dist.DistributedError, match=r"on GPU 0.*uses GPU 1.*device='cuda'"):
+            comm.all_reduce(a)
 
 
 # --------------------------------------------------------------------------
