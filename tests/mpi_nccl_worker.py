@@ -5,7 +5,8 @@ NumPy memory, the real kernels/*.cu on CPU threads, NCCL's collectives over
 MPI between these processes); KERNELS is the folder where the test built the
 kernels, which every process loads. MODE "cuda": the real CuPy and NCCL, one
 GPU per process. MODE "too-few-gpus": two processes on a stand-in with one
-GPU, which must both fail to start NCCL, with the reason (error-rank<r>.txt).
+GPU, which must both fail to start NCCL, with the reason (error-rank<r>.txt),
+then both on GPU 0 of two (shared-rank<r>.txt).
 
 Each rank joins the process group for the GPU, then saves to OUT:
 
@@ -171,12 +172,20 @@ def _traffic(comm: dist.Communicator, counts, phase: str) -> dict[str, int]:
 
 
 def too_few_gpus(out: Path) -> None:
-    """Two processes, one stand-in GPU: every rank must raise (none may wait forever)."""
+    """Two processes, one stand-in GPU; then both told to use GPU 0 of two.
+
+    Every rank must raise, with the reason (none may wait forever).
+    """
     with cupy_standin.install(device_count=1):
         try:
             dist.init_process_group(device="cuda")
         except dist.DistributedError as e:
             (out / f"error-rank{dist.get_rank()}.txt").write_text(str(e))
+    with cupy_standin.install(device_count=2):
+        try:
+            dist.NCCLCommunicator(device=0)
+        except dist.DistributedError as e:
+            (out / f"shared-rank{dist.get_rank()}.txt").write_text(str(e))
 
 
 def main(out: Path, mode: str, kernels: Path | None) -> None:

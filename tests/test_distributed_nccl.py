@@ -226,12 +226,15 @@ def test_standin_train_nproc_2_on_cuda_uses_nccl_and_matches_the_cpu_run(standin
         assert abs(metrics[0][key] - metrics[1][key]) < 1e-5, key
 
 
-def test_standin_too_few_gpus_fails_on_every_rank_with_the_reason(tmp_path):
+def test_standin_too_few_or_shared_gpus_fail_on_every_rank_with_the_reason(tmp_path):
     done = run_mpi(2, [WORKER, str(tmp_path), "too-few-gpus"])
     assert done.returncode == 0, done.stdout + done.stderr
     errors = [(tmp_path / f"error-rank{r}.txt").read_text() for r in range(2)]
     assert "needs GPU 1, but the machine has 1 GPU(s)" in errors[1], errors
     assert "another process could not start NCCL" in errors[0], errors
+    for r in range(2):
+        shared = (tmp_path / f"shared-rank{r}.txt").read_text()
+        assert "ranks [0, 1] would share a GPU (0 on" in shared, shared
 
 
 # --------------------------------------------------------------------------
