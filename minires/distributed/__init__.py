@@ -27,7 +27,8 @@ process is asked for, so single-process minires needs NumPy alone.
 
 Modules: comm.py (the process group and its collectives, with a count of
 the bytes and seconds they take), nccl.py (the same group with NCCL for
-device arrays), buckets.py (gradients all-reduced in a few large buffers),
+device arrays), group.py (the default group: init_process_group and the
+module-level functions), buckets.py (gradients all-reduced in a few large buffers),
 launch.py (starting ``mpiexec`` for the user).
 """
 
@@ -38,6 +39,9 @@ from .comm import (
     DistributedError,
     MPICommunicator,
     SingleProcess,
+    launched_world_size,
+)
+from .group import (
     all_reduce,
     barrier,
     broadcast,
@@ -47,7 +51,6 @@ from .comm import (
     get_world_size,
     init_process_group,
     is_initialized,
-    launched_world_size,
     with_nccl,
 )
 from .nccl import NCCLCommunicator

@@ -29,7 +29,8 @@ from typing import Any
 
 from ..backends.device import device_of
 from ..distributed.buckets import DEFAULT_BUCKET_BYTES, GradientBuckets, broadcast_arrays
-from ..distributed.comm import Communicator, get_communicator
+from ..distributed.comm import Communicator
+from ..distributed.group import get_communicator
 from .module import Module
 
 

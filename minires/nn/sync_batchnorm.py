@@ -38,7 +38,8 @@ import numpy as np
 from ..autograd import Function, Tensor, as_tensor
 from ..backends.device import device_of, get_array_module
 from ..backends.layout import from_channel_major, to_channel_major
-from ..distributed.comm import Communicator, get_communicator
+from ..distributed.comm import Communicator
+from ..distributed.group import get_communicator
 from .layers import BatchNorm2d
 from .module import Module
 

@@ -45,7 +45,7 @@ from ..autograd import Tensor
 from ..backends.device import to_device
 from ..backends.parallel import set_num_threads
 from ..distributed import Communicator, GradientBuckets, broadcast_arrays, check_ranks_agree
-from ..distributed.comm import init_process_group, with_nccl
+from ..distributed.group import init_process_group, with_nccl
 from ..distributed.launch import threads_per_process
 from ..nn import Module, convert_sync_batchnorm
 from ..optim import Optimizer
