@@ -7,11 +7,12 @@
 ``NCCLCommunicator`` has the interface of ``MPICommunicator`` (it is one):
 the same ranks, the same ``all_reduce`` / ``broadcast`` / ``all_gather`` /
 ``barrier``, the same ``stats`` (group.py makes it the default group when
-asked for a GPU). What it does differently is where the data goes. A CuPy array is reduced by NCCL on its GPU, on the current stream, in
-place (minires/backends/nccl.py), so gradient buckets and SyncBatchNorm's
-sums never visit the host; a NumPy array (a loss to average, a flag to agree
-on, a fingerprint) goes over MPI as before. (MPICommunicator given a CuPy
-array copies it to the host and back: correct, and slow.)
+asked for a GPU). What it does differently is where the data goes. A CuPy
+array is reduced by NCCL on its GPU, on the current stream, in place
+(minires/backends/nccl.py), so gradient buckets and SyncBatchNorm's sums
+never visit the host; a NumPy array (a loss to average, a flag to agree on,
+a fingerprint) goes over MPI as before. (MPICommunicator given a CuPy array
+copies it to the host and back: correct, and slow.)
 
 Setting up, on every rank at once:
 
