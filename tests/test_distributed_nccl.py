@@ -15,8 +15,8 @@ CPU process on the whole batch (distributed_cases.py), in float64:
 * the gradients went to NCCL in the few buckets of the CPU tests, their
   bytes once; SyncBatchNorm's sums went to NCCL too (3 per layer);
 * no gradient visited the host: the gradient all-reduce copied nothing
-  between host and device, and the whole step copied to the host only the
-  one count per SyncBatchNorm layer;
+  between host and device, and the whole step copied to the host only one
+  count per SyncBatchNorm layer (and the byte of cross_entropy's label check);
 * the collectives on device arrays (sum, max, min; float32, int64, bool, a
   strided view; broadcast; all_gather) and on a host array (over MPI).
 
@@ -142,8 +142,9 @@ def check_no_gradient_visits_the_host(ranks: dict) -> None:
         assert int(t["reduce_standin_nccl_bytes"]) == int(t["reduce_nccl_all_reduce_bytes"])
         assert int(t["reduce_h2d"]) == 0 and int(t["reduce_d2h"]) == 0
         assert int(t["forward_backward_h2d"]) == 0
-        # To the host: one float64 count per SyncBatchNorm layer, and a byte
-        # or so of the loss's checks; never an array the size of a gradient.
+        # To the host: one float64 count per SyncBatchNorm layer, and the
+        # byte of cross_entropy's check of the labels (a bool); never an
+        # array the size of a gradient (the smallest is 16 float64: 128 bytes).
         assert 8 * n_bn <= int(t["forward_backward_d2h_bytes"]) < 8 * n_bn + 16
     for g in ranks["layer"]:  # one layer, alone: its count, 8 bytes
         assert int(g["d2h_bytes"]) == 8
