@@ -299,7 +299,7 @@ def test_nccl_gets_pointers_counts_and_its_constants(recorded):
     group.all_reduce(a, "max")
     group.broadcast(cp.zeros(4, dtype=cp.int64), root=1)
     flags = cp.zeros(3, dtype=bool)
-    group.all_reduce(flags, "sum")
+    group.all_reduce(flags, "min")
     out = group.all_gather(cp.zeros(5))
     (reduce, p1, p2, n, dtype, op, stream), bcast, reduce_bool, gather = group.comm.calls
     assert (reduce, p1, p2, n, dtype, op, stream) == (
@@ -312,7 +312,8 @@ def test_nccl_gets_pointers_counts_and_its_constants(recorded):
         0,
     )  # in place: a's own memory
     assert bcast[0] == "bcast" and bcast[2:] == (4, nccl.NCCL_INT64, 1, 0)
-    assert reduce_bool[1] == flags.data.ptr and reduce_bool[3:5] == (3, nccl.NCCL_UINT8)
+    assert reduce_bool[1] == flags.data.ptr
+    assert reduce_bool[3:6] == (3, nccl.NCCL_UINT8, nccl.NCCL_MIN)
     assert gather[0] == "allGather" and gather[2:] == (out.data.ptr, 5, nccl.NCCL_FLOAT64, 0)
     assert out.shape == (2, 5)
 
@@ -323,6 +324,8 @@ def test_nccl_refuses_host_arrays_and_unknown_dtypes(recorded):
         group.all_reduce(np.zeros(3))
     with pytest.raises(TypeError, match="NCCL broadcast: cannot reduce dtype complex64"):
         group.broadcast(cp.zeros(3, dtype=cp.complex64))
+    with pytest.raises(TypeError, match="a sum of bools is not a bool; use op='max'"):
+        group.all_reduce(cp.zeros(3, dtype=bool))
     assert group.comm.calls == []
 
 

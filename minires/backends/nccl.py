@@ -110,6 +110,11 @@ class NcclGroup:
 
     def all_reduce(self, a: Array, op: str = "sum") -> Array:
         """Replace ``a`` (in place) by the elementwise sum / max / min over the ranks."""
+        if op == "sum" and a.dtype == np.bool_:  # 2 in a bool's byte: neither True nor False
+            raise TypeError(
+                "NCCL all_reduce: a sum of bools is not a bool; use op='max' (logical or) "
+                "or 'min' (logical and)"
+            )
         buf = _buffer(a, "all_reduce")
         ptr = buf.data.ptr
         self.comm.allReduce(
