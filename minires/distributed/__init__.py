@@ -19,13 +19,17 @@ statistics of *its shard*, so its statistics are all-reduced too
 both claims.
 
 The engine is MPI, through mpi4py (``pip install "minires[dist]"`` brings
-mpi4py and MPICH, whose ``mpiexec`` starts the processes). Nothing here
-imports mpi4py until a process group with more than one process is asked
-for, so single-process minires needs NumPy alone.
+mpi4py and MPICH, whose ``mpiexec`` starts the processes). On GPUs (one
+process per GPU) it is NCCL for the arrays on the device, through CuPy:
+``init_process_group(device="cuda")``, or a model on CUDA, selects it.
+Nothing here imports mpi4py until a process group with more than one
+process is asked for, so single-process minires needs NumPy alone.
 
 Modules: comm.py (the process group and its collectives, with a count of
-the bytes and seconds they take), buckets.py (gradients all-reduced in a
-few large buffers), launch.py (starting ``mpiexec`` for the user).
+the bytes and seconds they take), nccl.py (the same group with NCCL for
+device arrays), group.py (the default group: init_process_group and the
+module-level functions), buckets.py (gradients all-reduced in a few large buffers),
+launch.py (starting ``mpiexec`` for the user).
 """
 
 from .buckets import GradientBuckets, broadcast_arrays, check_ranks_agree
@@ -35,6 +39,9 @@ from .comm import (
     DistributedError,
     MPICommunicator,
     SingleProcess,
+    launched_world_size,
+)
+from .group import (
     all_reduce,
     barrier,
     broadcast,
@@ -44,8 +51,9 @@ from .comm import (
     get_world_size,
     init_process_group,
     is_initialized,
-    launched_world_size,
+    with_nccl,
 )
+from .nccl import NCCLCommunicator
 
 __all__ = [
     "CommStats",
@@ -53,6 +61,7 @@ __all__ = [
     "DistributedError",
     "GradientBuckets",
     "MPICommunicator",
+    "NCCLCommunicator",
     "SingleProcess",
     "all_reduce",
     "barrier",
@@ -66,4 +75,5 @@ __all__ = [
     "init_process_group",
     "is_initialized",
     "launched_world_size",
+    "with_nccl",
 ]

@@ -167,13 +167,6 @@ def _copy_back(host: np.ndarray, a: Array) -> None:
         a[...] = get_array_module(a).asarray(host)
 
 
-# --------------------------------------------------------------------------- #
-# The default process group, as torch.distributed's module-level functions
-# --------------------------------------------------------------------------- #
-
-_group: Communicator | None = None
-
-
 def launched_world_size() -> int:
     """How many processes the launcher started (1 when not started by mpiexec).
 
@@ -186,57 +179,3 @@ def launched_world_size() -> int:
         if value.isdigit():
             return int(value)
     return 1
-
-
-def init_process_group(backend: str = "auto") -> Communicator:
-    """Join the default process group (idempotent) and return it.
-
-    backend: "mpi", "single", or "auto": MPI when this process was started by
-    mpiexec with more than one process, else the group of one.
-    """
-    global _group
-    if _group is not None:
-        return _group
-    if backend not in ("auto", "mpi", "single"):
-        raise ValueError(
-            f"init_process_group: backend must be auto, mpi or single, got {backend!r}"
-        )
-    if backend == "auto":
-        backend = "mpi" if launched_world_size() > 1 else "single"
-    _group = MPICommunicator() if backend == "mpi" else SingleProcess()
-    return _group
-
-
-def is_initialized() -> bool:
-    return _group is not None
-
-
-def destroy_process_group() -> None:
-    """Forget the default group (MPI itself is finalised when Python exits)."""
-    global _group
-    _group = None
-
-
-def get_communicator() -> Communicator:
-    """The default group, joined on first use (see init_process_group)."""
-    return init_process_group() if _group is None else _group
-
-
-def get_rank() -> int:
-    return get_communicator().rank
-
-
-def get_world_size() -> int:
-    return get_communicator().world_size
-
-
-def all_reduce(a: Array, op: str = "sum") -> Array:
-    return get_communicator().all_reduce(a, op)
-
-
-def broadcast(a: Array, src: int = 0) -> Array:
-    return get_communicator().broadcast(a, src)
-
-
-def barrier() -> None:
-    get_communicator().barrier()

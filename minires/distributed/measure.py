@@ -28,7 +28,7 @@ from .. import models, nn, optim
 from ..autograd import Tensor
 from ..backends.parallel import set_num_threads
 from .buckets import GradientBuckets
-from .comm import init_process_group
+from .group import init_process_group
 from .launch import threads_per_process
 
 

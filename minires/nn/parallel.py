@@ -7,6 +7,10 @@
     ddp.all_reduce_gradients()       # every p.grad := its mean over the processes
     optimizer.step()                 # the same update everywhere
 
+On a GPU (one process per GPU, ``dist.init_process_group(device="cuda")``
+before ``model.to("cuda")``) the default group all-reduces the gradient
+buckets, which are then device arrays, with NCCL: no gradient visits the host.
+
 As PyTorch's: the wrapper broadcasts rank 0's parameters and buffers when it
 is built (every copy starts equal), and, before each forward in training,
 rank 0's buffers (so plain BatchNorm's running statistics, which each
@@ -23,8 +27,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..backends.device import device_of
 from ..distributed.buckets import DEFAULT_BUCKET_BYTES, GradientBuckets, broadcast_arrays
-from ..distributed.comm import Communicator, get_communicator
+from ..distributed.comm import Communicator
+from ..distributed.group import get_communicator
 from .module import Module
 
 
@@ -40,7 +46,10 @@ class DistributedDataParallel(Module):
     ) -> None:
         super().__init__()
         self.module = module
-        comm = process_group if process_group is not None else get_communicator()
+        if process_group is None:  # the default group; with NCCL for a model on a GPU
+            first = next(iter(module.parameters()), None)
+            process_group = get_communicator("cpu" if first is None else device_of(first))
+        comm = process_group
         self.process_group = comm
         self.broadcast_buffers = broadcast_buffers
         broadcast_arrays([p.data for p in module.parameters()], comm)

@@ -19,6 +19,11 @@ exactly what BatchNorm2d computes; with N processes on shards of a batch,
 what one process computes on the whole batch. tests/test_sync_batchnorm.py
 and tests/test_distributed_mpi.py check both, gradients included.
 
+On GPUs the sums are CuPy arrays and the default group all-reduces them with
+NCCL, on the device (minires/distributed/nccl.py); the one value read back
+to the host is the global count (one number per layer and step, which the
+running variance's M / (M - 1) and the check of M need).
+
 Each process returns the gradient of gamma and beta for *its* images; the
 gradient all-reduce of data-parallel training (minires.distributed) sums
 them, as it sums every other parameter's.
@@ -31,9 +36,10 @@ from typing import Any
 import numpy as np
 
 from ..autograd import Function, Tensor, as_tensor
-from ..backends.device import get_array_module
+from ..backends.device import device_of, get_array_module
 from ..backends.layout import from_channel_major, to_channel_major
-from ..distributed.comm import Communicator, get_communicator
+from ..distributed.comm import Communicator
+from ..distributed.group import get_communicator
 from .layers import BatchNorm2d
 from .module import Module
 
@@ -92,7 +98,7 @@ class SyncBatchNormFunction(Function):
         gy2 = gyc.reshape(C, -1)
         sums = xp.empty((2, C), gy.dtype)
         xp.sum(gy2, axis=1, out=sums[0])  # this process's gbeta
-        xp.einsum("cm,cm->c", gy2, self.xhat, out=sums[1])  # this process's ggamma
+        sums[1] = xp.einsum("cm,cm->c", gy2, self.xhat)  # ggamma (CuPy's einsum has no out=)
         gbeta, ggamma = sums[0].copy(), sums[1].copy()
         gx = None
         if self.needs_input_grad[0]:
@@ -112,7 +118,8 @@ class SyncBatchNorm(BatchNorm2d):
     """BatchNorm2d with the statistics of the global batch (see the module docstring).
 
     ``process_group``: the Communicator to all-reduce over (default: the
-    default group of minires.distributed, MPI when started by mpiexec).
+    default group of minires.distributed, MPI when started by mpiexec, with
+    NCCL when the input is on a GPU, so that the sums stay on the device).
     In evaluation it uses its running statistics, exactly as BatchNorm2d.
     """
 
@@ -152,7 +159,9 @@ class SyncBatchNorm(BatchNorm2d):
         C = self.num_features
         gamma = self.weight if self.weight is not None else Tensor(xp.ones(C, x.dtype))
         beta = self.bias if self.bias is not None else Tensor(xp.zeros(C, x.dtype))
-        comm = self.process_group if self.process_group is not None else get_communicator()
+        comm = self.process_group
+        if comm is None:  # the default group; with NCCL when x is on a GPU
+            comm = get_communicator(device_of(x))
         fn = SyncBatchNormFunction(
             comm,
             self.running_mean if track else None,

@@ -14,6 +14,9 @@ Every process runs the same Trainer on the same model; what changes is:
   broadcast, so that even plain BatchNorm's running statistics stay equal;
 * BatchNorm: SyncBatchNorm (statistics of the global batch) unless
   ``sync_bn`` is off;
+* the engine: MPI on CPUs; with ``--device cuda`` one GPU per process and
+  NCCL for the gradients and SyncBatchNorm's sums, on the device (MPI still
+  carries the few host numbers: the loss, the stop flag, the fingerprints);
 * evaluation: each process evaluates its share of the test set, the sums are
   all-reduced;
 * rank 0 alone writes the checkpoint, metrics, config and plot, and prints;
@@ -42,7 +45,7 @@ from ..autograd import Tensor
 from ..backends.device import to_device
 from ..backends.parallel import set_num_threads
 from ..distributed import Communicator, GradientBuckets, broadcast_arrays, check_ranks_agree
-from ..distributed.comm import init_process_group
+from ..distributed.group import init_process_group, with_nccl
 from ..distributed.launch import threads_per_process
 from ..nn import Module, convert_sync_batchnorm
 from ..optim import Optimizer
@@ -146,6 +149,10 @@ class DistributedTrainer(Trainer):
     # -- setting up -------------------------------------------------------------
 
     def _setup(self) -> None:
+        if self.cfg.device == "cuda":
+            # One GPU per process, chosen before the model is moved to it;
+            # gradients and SyncBatchNorm's sums are then reduced by NCCL.
+            self.comm = collectively(self.comm, lambda: with_nccl(self.comm))
         comm = self.comm
         if comm.world_size > 1:
             set_num_threads(threads_per_process(_local_processes(comm)))
@@ -166,10 +173,12 @@ class DistributedTrainer(Trainer):
         super()._log_start()
         cfg, W = self.cfg, self.comm.world_size
         bn = "synchronised" if cfg.sync_bn else "per-process (not synchronised)"
+        engine = "NCCL (device arrays) and MPI" if self.comm.name == "nccl" else "MPI"
         self.log(
             f"  data parallel: {W} processes x batch {cfg.batch_size} = "
             f"{W * cfg.batch_size} images per step, {bn} BatchNorm, "
-            f"{threads_per_process(_local_processes(self.comm))} thread(s) per process"
+            f"{threads_per_process(_local_processes(self.comm))} thread(s) per process, "
+            f"collectives over {engine}"
         )
 
     # -- the hooks of the loop --------------------------------------------------

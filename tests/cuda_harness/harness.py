@@ -196,15 +196,11 @@ def build_library(out_dir: Path, sources: list[Path] | None = None) -> CpuKernel
     sources = sources if sources is not None else [*kernel_sources(), SELFTEST_SOURCE]
     out_dir.mkdir(parents=True, exist_ok=True)
     flags = ["-std=c++17", "-O1", "-fPIC", "-pthread", "-Wall", "-Wextra", "-Werror"]
-    signatures: dict[str, KernelSignature] = {}
+    signatures = _signatures(sources)
     jobs = []
     for cu in sources:
         text = cu.read_text()
         kernels = parse_kernels(text) + parse_plain_kernels(text)
-        for k in kernels:
-            if k.name in signatures:
-                raise ValueError(f"kernel {k.name} is defined twice")
-            signatures[k.name] = k
         glue = out_dir / f"glue_{cu.stem}.cpp"
         glue.write_text(glue_source(cu, kernels))
         obj = out_dir / f"glue_{cu.stem}.o"
@@ -214,10 +210,29 @@ def build_library(out_dir: Path, sources: list[Path] | None = None) -> CpuKernel
         _, err = proc.communicate()
         if proc.returncode:
             raise RuntimeError(f"compiling failed: {' '.join(cmd)}\n{err}")
-    library = out_dir / "libminires_cuda_cpu.so"
+    library = out_dir / LIBRARY_NAME
     link = [cxx, "-shared", "-pthread", "-o", str(library), *(str(obj) for _, obj, _ in jobs)]
     subprocess.run(link, check=True, capture_output=True, text=True)
     return CpuKernels(library, signatures)
+
+
+LIBRARY_NAME = "libminires_cuda_cpu.so"
+
+
+def _signatures(sources: list[Path]) -> dict[str, KernelSignature]:
+    signatures: dict[str, KernelSignature] = {}
+    for cu in sources:
+        text = cu.read_text()
+        for k in parse_kernels(text) + parse_plain_kernels(text):
+            if k.name in signatures:
+                raise ValueError(f"kernel {k.name} is defined twice")
+            signatures[k.name] = k
+    return signatures
+
+
+def load_library(out_dir: Path, sources: list[Path]) -> CpuKernels:
+    """The library build_library(out_dir, sources) made earlier (in another process)."""
+    return CpuKernels(out_dir / LIBRARY_NAME, _signatures(sources))
 
 
 # --------------------------------------------------------------------------

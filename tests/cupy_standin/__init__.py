@@ -14,6 +14,8 @@ them:
   CPU threads (kernels.py);
 * the array-module functions minires calls on ``xp`` (module.py), and
   ``cupyx.scatter_add``, ``cupy.cuda.Device``, ``cupy.cuda.runtime``;
+* ``cupy.cuda.nccl`` (nccl.py): NCCL's communicator, its collectives done
+  over MPI between the processes of a test started by mpiexec;
 * everything a GPU would do is counted (counts.py): kernel launches,
   cuBLAS calls, host<->device copies and their bytes, host syncs, and the
   copies made only to change a layout, each with the line of minires that
@@ -39,6 +41,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 from . import counts, kernels
@@ -48,7 +51,7 @@ from .module import Device, make_cupy
 
 __all__ = ["install", "Standin", "Counts", "ndarray", "prebuild_minires_kernels"]
 
-_NAMES = ("cupy", "cupyx", "cupy.cuda", "cupy.cuda.runtime")
+_NAMES = ("cupy", "cupyx", "cupy.cuda", "cupy.cuda.runtime", "cupy.cuda.nccl")
 
 # Launch sizes for the kernels on CPU threads: a block is that many real
 # threads, so the backend's own 256 x 4096 would start a million threads per
@@ -66,9 +69,13 @@ class Standin:
     counts: Counts
 
 
-def prebuild_minires_kernels() -> None:
-    """Compile every kernels/*.cu now (in parallel), once per process."""
-    kernels.prebuild(kernels.harness.kernel_sources())
+def prebuild_minires_kernels(folder: Path | None = None) -> None:
+    """Compile every kernels/*.cu now (in parallel), once per process.
+
+    With ``folder``: build there, or load what an earlier process built there
+    (the MPI tests build once, and their processes load it).
+    """
+    kernels.prebuild(kernels.harness.kernel_sources(), folder)
 
 
 def _reset_minires_caches() -> None:
@@ -99,18 +106,19 @@ def install(device_count: int = 1, launch_sizes: dict | None = None) -> Iterator
     standin = Standin(cupy, cupyx, Counts())
     saved_modules = {name: sys.modules.get(name) for name in _NAMES}
     saved_sizes = {name: getattr(cuda_backend, name) for name in sizes}
-    saved_counts, saved_device_count = counts.CURRENT, Device.count
+    saved_counts, saved_devices = counts.CURRENT, (Device.count, Device.current)
     sys.modules.update(
         {
             "cupy": cupy,
             "cupyx": cupyx,
             "cupy.cuda": cupy.cuda,
             "cupy.cuda.runtime": cupy.cuda.runtime,
+            "cupy.cuda.nccl": cupy.cuda.nccl,
         }
     )
     for name, value in sizes.items():
         setattr(cuda_backend, name, value)
-    counts.CURRENT, Device.count = standin.counts, device_count
+    counts.CURRENT, Device.count, Device.current = standin.counts, device_count, 0
     _reset_minires_caches()
     try:
         yield standin
@@ -122,5 +130,5 @@ def install(device_count: int = 1, launch_sizes: dict | None = None) -> Iterator
                 sys.modules[name] = module
         for name, value in saved_sizes.items():
             setattr(cuda_backend, name, value)
-        counts.CURRENT, Device.count = saved_counts, saved_device_count
+        counts.CURRENT, (Device.count, Device.current) = saved_counts, saved_devices
         _reset_minires_caches()

@@ -117,8 +117,10 @@ class MemoryPointer:
     __module__ = "cupy.cuda.memory"
 
     def __init__(self, a: np.ndarray):
+        from .module import Device
+
         self.ptr = int(a.__array_interface__["data"][0])
-        self.device_id = 0
+        self.device_id = Device.current
 
 
 # --------------------------------------------------------------------------
@@ -300,7 +302,7 @@ class ndarray:  # noqa: N801 (CuPy's name)
     def device(self) -> Any:
         from .module import Device
 
-        return Device(0)
+        return Device()  # the current one: a process of the tests uses one device
 
     # -- views (no kernel) -------------------------------------------------
     def reshape(self, *shape: Any, order: str = "C") -> ndarray:

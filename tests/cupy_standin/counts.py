@@ -22,6 +22,9 @@ The kinds, and the CuPy behaviour each one models:
     layout_copy  a copy made only to change the memory layout (ascontiguousarray
                  that copies, reshape that cannot be a view, a matmul operand
                  that is neither C- nor F-contiguous); each is also a ``copy``
+    nccl         one NCCL call (cupy.cuda.nccl, nccl.py): a collective, which
+                 NCCL runs as a kernel on the stream, or making a communicator;
+                 the bytes of the collectives (one rank's buffer) are summed
 
 ``launches`` is the sum of the kinds a GPU runs as kernels (LAUNCH_KINDS):
 every CuPy call pays a launch's overhead (~5-10 us of host time), which is
@@ -40,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 LAUNCH_KINDS = ("kernel", "elementwise", "reduction", "copy", "fill", "cublas")
-KINDS = (*LAUNCH_KINDS, "h2d", "d2h", "sync", "layout_copy")
+KINDS = (*LAUNCH_KINDS, "h2d", "d2h", "sync", "layout_copy", "nccl")
 
 _PACKAGE = str(Path(__file__).resolve().parent)
 _REPO = Path(__file__).resolve().parents[2]
@@ -89,6 +92,7 @@ class Counts:
     events: Counter = field(default_factory=Counter)
     h2d_bytes: int = 0
     d2h_bytes: int = 0
+    nccl_bytes: int = 0
 
     def add(self, kind: str, what: str, nbytes: int = 0) -> None:
         assert kind in KINDS, kind
@@ -97,10 +101,12 @@ class Counts:
             self.h2d_bytes += int(nbytes)
         elif kind == "d2h":
             self.d2h_bytes += int(nbytes)
+        elif kind == "nccl":
+            self.nccl_bytes += int(nbytes)
 
     def reset(self) -> None:
         self.events.clear()
-        self.h2d_bytes = self.d2h_bytes = 0
+        self.h2d_bytes = self.d2h_bytes = self.nccl_bytes = 0
 
     def total(self, *kinds: str) -> int:
         return sum(n for (k, _, _), n in self.events.items() if k in kinds)
@@ -140,10 +146,11 @@ class Counts:
         for kind in KINDS:
             out.setdefault(f"{kind}_events", self.total(kind))
         out["h2d_bytes"], out["d2h_bytes"] = self.h2d_bytes, self.d2h_bytes
+        out["nccl_bytes"] = self.nccl_bytes
         return out
 
     def snapshot(self) -> Counts:
-        return Counts(Counter(self.events), self.h2d_bytes, self.d2h_bytes)
+        return Counts(Counter(self.events), self.h2d_bytes, self.d2h_bytes, self.nccl_bytes)
 
 
 # The counts of the stand-in now installed (install() replaces it).

@@ -50,12 +50,19 @@ def _key(code: str) -> str:
     return hashlib.sha256(code.encode()).hexdigest()[:20]
 
 
-def prebuild(paths: list[Path]) -> None:
-    """Compile these .cu files now, in parallel, into one library shared by them."""
+def prebuild(paths: list[Path], folder: Path | None = None) -> None:
+    """Compile these .cu files now, in parallel, into one library shared by them.
+
+    folder: where to build it; when it already holds the library (built by
+    the test that started this process, from the same sources), it is loaded.
+    """
     todo = [p for p in paths if _key(p.read_text()) not in _LIBRARIES]
     if not todo:
         return
-    library = harness.build_library(_build_dir() / f"lib{len(_LIBRARIES)}", todo)
+    if folder is not None and (folder / harness.LIBRARY_NAME).exists():
+        library = harness.load_library(folder, todo)
+    else:
+        library = harness.build_library(folder or _build_dir() / f"lib{len(_LIBRARIES)}", todo)
     for p in todo:
         _LIBRARIES[_key(p.read_text())] = library
 

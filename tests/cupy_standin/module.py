@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import kernels
+from . import kernels, nccl
 from .array import (
     device_array,
     elementwise,
@@ -226,6 +226,9 @@ def tensordot(a: Any, b: Any, axes: Any = 2) -> Any:
 
 
 def einsum(subscripts: str, *operands: Any, **kwargs: Any) -> Any:
+    unknown = sorted(set(kwargs) - {"dtype", "optimize"})
+    if unknown:  # CuPy's einsum has no out, order or casting
+        raise TypeError(f"Did not understand the following kwargs: {unknown}")
     arrays = [device_array(a, "cupy.einsum")._a for a in operands]
     record("cublas", f"einsum {subscripts}")
     return wrap(np.einsum(subscripts, *arrays, **kwargs))
@@ -338,9 +341,10 @@ class Device:
 
     __module__ = "cupy.cuda.device"
     count = 1  # GPUs the stand-in pretends to have (install(device_count=...))
+    current = 0  # the GPU made current by use(); every array is "on" it (one memory)
 
     def __init__(self, device: Any = None):
-        self.id = 0 if device is None else int(device)
+        self.id = Device.current if device is None else int(device)
         if not 0 <= self.id < Device.count:
             raise CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
 
@@ -350,8 +354,9 @@ class Device:
         record("sync", "Device.synchronize")
 
     def use(self) -> None:
-        if self.id != 0:
-            raise NotImplementedError("cupy stand-in: only device 0 is modelled")
+        # Any of the `count` devices may be current (one per MPI process in the
+        # NCCL tests); a process that switched devices mid-way is not modelled.
+        Device.current = self.id
 
     def __enter__(self) -> Device:
         self.use()
@@ -372,6 +377,7 @@ class Device:
 
 class Stream:
     __module__ = "cupy.cuda.stream"
+    ptr = 0  # the null stream's handle, as CuPy's
 
     def synchronize(self) -> None:
         record("sync", "Stream.synchronize")
@@ -488,6 +494,7 @@ def make_cupy() -> tuple[ModuleType, ModuleType]:
         Stream=SimpleNamespace(null=null_stream),
         get_current_stream=lambda: null_stream,
         runtime=runtime,
+        nccl=nccl,
         is_available=lambda: Device.count > 0,
     )
     cupy = _module(
