@@ -84,7 +84,8 @@ def test_import_minires_needs_numpy_alone() -> None:
         f"blocked = {_OPTIONAL!r}\n"
         "if sys.argv[1] == 'block':\n"
         "    for name in blocked: sys.modules[name] = None  # import now raises ImportError\n"
-        "import minires, minires.train, minires.cli, minires.bench, minires.plots, minires.predict\n"
+        "import minires, minires.train, minires.cli, minires.bench, minires.plots\n"
+        "import minires.predict, minires.data.imagenet\n"
         "loaded = [m for m in blocked if sys.modules.get(m) is not None]\n"
         "assert not loaded, loaded\n"
     )

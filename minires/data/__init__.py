@@ -26,8 +26,8 @@ from .cifar import (
     load_cifar10_classes,
 )
 from .digits import load_digits
-from .imagenet import ImageError, imagenet_classes
 from .distributed import DistributedDataLoader
+from .imagenet import ImageError, imagenet_classes
 from .loader import (
     Compose,
     DataLoader,
