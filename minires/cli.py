@@ -5,7 +5,7 @@
     minires train --out runs/c10 --resume          continue a stopped run exactly
     minires eval --checkpoint runs/c10             test loss and accuracy of a run
     minires models                                 the model names and their sizes
-    minires predict dog.jpg --model resnet50 --weights resnet50.pth   top-5 ImageNet classes
+    minires predict dog.jpg --model resnet50 --weights resnet50-0676ba61.pth   top-5 classes
     minires gradcheck                              check every op's backward, float64
     minires bench --model resnet20                 time a training step (vs PyTorch)
 
@@ -215,6 +215,13 @@ def _add_predict(sub: Any) -> None:
         "--weights", required=True, metavar="FILE", help="its weights (.safetensors or .pth)"
     )
     p.add_argument("--top", type=POSITIVE_INT, default=5, metavar="K", help="classes shown (5)")
+    p.add_argument(
+        "--resize",
+        type=POSITIVE_INT,
+        default=256,
+        metavar="N",
+        help="shorter side before the 224x224 crop (256; 232 for torchvision's V2 weights)",
+    )
     p.add_argument("--device", choices=DEVICES, default="cpu")
     p.add_argument("--json", action="store_true", help="print one JSON line per image")
     p.set_defaults(func=cmd_predict)
@@ -427,6 +434,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise UserError(f"minires predict: {e}") from None
     check_device(args.device)
+    if args.resize < 224:
+        raise UserError(f"--resize {args.resize}: must be at least 224, the side of the crop")
     for image in args.images:  # a bad name is reported before the weights are read
         imagenet.check_image(image)
     try:
@@ -443,7 +452,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     for i, image in enumerate(args.images):
-        top = predict.predict(model, image, k=args.top)
+        top = predict.predict(model, image, k=args.top, resize=args.resize)
         if args.json:
             found = [p._asdict() for p in top]
             print(json.dumps({"image": image, "model": args.model, "top": found}), flush=True)

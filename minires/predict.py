@@ -3,7 +3,7 @@
     import minires as mr
     from minires.predict import load_classifier, predict
 
-    model = load_classifier("resnet50", "resnet50-11ad3fa6.pth")   # torchvision's file
+    model = load_classifier("resnet50", "resnet50-0676ba61.pth")   # torchvision's file
     for p in predict(model, "dog.jpg", k=5):
         print(f"{100 * p.probability:5.1f}%  {p.name}")
 
@@ -30,7 +30,7 @@ from . import models
 from .autograd import Tensor
 from .backends.device import device_of, to_device, to_numpy
 from .checkpoint import CheckpointError
-from .data.imagenet import imagenet_classes, preprocess
+from .data.imagenet import RESIZE, imagenet_classes, preprocess
 from .grad_mode import no_grad
 from .nn import Module
 from .weights import WeightsError, load, state_dict_from
@@ -73,15 +73,18 @@ def top_k(logits: np.ndarray, k: int = 5) -> list[Prediction]:
     return [Prediction(int(i), names[i] if names else None, float(probs[i])) for i in order]
 
 
-def predict(model: Module, image: str | Path | Any, k: int = 5) -> list[Prediction]:
+def predict(
+    model: Module, image: str | Path | Any, k: int = 5, resize: int = RESIZE
+) -> list[Prediction]:
     """The top ``k`` classes of one image (a file path or a PIL Image), most probable first.
 
+    ``resize``: the shorter side before the 224 crop (see ``preprocess``).
     The model runs in eval mode (BatchNorm uses its running statistics; the
     model's own mode is restored after) on the device its parameters are on,
     in its dtype, on a (1, 3, 224, 224) input prepared by ``preprocess``.
     """
     weight = next(iter(model.parameters())).data
-    x = preprocess(image).astype(weight.dtype, copy=False)  # a float64 model gets float64
+    x = preprocess(image, resize).astype(weight.dtype, copy=False)  # a float64 model gets float64
     device = device_of(weight)
     was_training = model.training
     model.eval()

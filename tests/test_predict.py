@@ -148,13 +148,20 @@ def test_a_crop_larger_than_the_image_is_refused() -> None:
         center_crop_box(223, 300)
 
 
-def test_preprocess_by_hand() -> None:
-    """300x200: PIL bilinear to 384x256, rows 16:240 and columns 80:304, /255, normalised."""
+@pytest.mark.parametrize(
+    "resize, resized, rows, cols",
+    [
+        (256, (384, 256), slice(16, 240), slice(80, 304)),
+        (232, (348, 232), slice(4, 228), slice(62, 286)),  # torchvision's V2 weights
+    ],
+)
+def test_preprocess_by_hand(resize, resized, rows, cols) -> None:
+    """300x200: PIL bilinear to the resized size, the centre crop, /255, normalised."""
     img = _photo()
-    x = preprocess(img)
+    x = preprocess(img, resize=resize)
     assert x.shape == (1, 3, 224, 224) and x.dtype == np.float32 and x.flags.c_contiguous
-    big = np.asarray(img.resize((384, 256), Image.Resampling.BILINEAR), dtype=np.float64)
-    crop = big[16:240, 80:304] / 255
+    big = np.asarray(img.resize(resized, Image.Resampling.BILINEAR), dtype=np.float64)
+    crop = big[rows, cols] / 255
     want = (crop - np.array(MEAN)) / np.array(STD)
     np.testing.assert_allclose(x[0], want.transpose(2, 0, 1), rtol=0, atol=1e-6)
 
@@ -199,6 +206,8 @@ def test_preprocess_reads_files_and_any_mode(tmp_path: Path) -> None:
 def test_preprocess_refuses_what_is_not_an_image() -> None:
     with pytest.raises(TypeError, match="preprocess: image must be a file path or a PIL Image"):
         preprocess(np.zeros((224, 224, 3)))
+    with pytest.raises(ValueError, match="preprocess: resize must be an integer >= 224, got 200"):
+        preprocess(_photo(), resize=200)
 
 
 # --------------------------------------------------------------------------- #
@@ -301,6 +310,17 @@ def test_the_printed_table(capsys, tmp_path, images, state) -> None:
         assert lines[0] == f"{image}:" and len(lines) == 4
         for line, p in zip(lines[1:], predict(model, image, k=3)):
             assert line == f"  {100 * p.probability:6.2f}%  {p.index:>4}  {p.name}"
+
+
+def test_resize_reaches_the_preprocessing(capsys, images, weights18) -> None:
+    args = [str(images["png"]), "--model", "resnet18", "--weights", str(weights18)]
+    (got,) = _predict_json(capsys, *args, "--resize", "232", "--top", "3")
+    model = load_classifier("resnet18", weights18)
+    want = predict(model, images["png"], k=3, resize=232)
+    assert got["top"] == [p._asdict() for p in want]
+    assert want != predict(model, images["png"], k=3)  # 232 is not 256
+    err = _error(capsys, [*args, "--resize", "200"])
+    assert "--resize 200: must be at least 224, the side of the crop" in err
 
 
 def test_predict_runs_in_eval_mode_and_in_the_models_dtype(images, state) -> None:

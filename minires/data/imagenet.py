@@ -8,7 +8,8 @@ returns for a ResNet). ``preprocess`` repeats it step for step:
     1. RGB: grayscale, palette, RGBA (alpha dropped), CMYK, ... become RGB
        with ``img.convert("RGB")``, as torchvision's ImageFolder loader does;
     2. resize so that the shorter side is 256 and the longer one
-       int(256 * long / short) (truncated), with PIL's bilinear filter. PIL
+       int(256 * long / short) (truncated), with PIL's bilinear filter (232
+       instead of 256 for torchvision's "IMAGENET1K_V2" weights). PIL
        antialiases: when it shrinks, the triangle filter widens to cover every
        source pixel, so a large photo is averaged, not sampled;
     3. centre crop 224 x 224, at offsets round((side - 224) / 2) (Python's
@@ -154,12 +155,16 @@ def _to_rgb(img: Any) -> Any:
     return img.convert("RGB")  # also decodes the pixels (Image.open reads only the header)
 
 
-def preprocess(image: str | Path | Any) -> np.ndarray:
+def preprocess(image: str | Path | Any, resize: int = RESIZE) -> np.ndarray:
     """One image, prepared as torchvision prepares ImageNet images (see the module doc).
 
-    ``image``: a file path or a PIL Image (any mode). Returns a float32 array
-    of shape (1, 3, 224, 224), NCHW, channels in RGB order, normalised.
+    ``image``: a file path or a PIL Image (any mode). ``resize``: the shorter
+    side before the 224 crop (256; torchvision's newer "IMAGENET1K_V2"
+    ResNet weights were evaluated with 232). Returns a float32 array of shape
+    (1, 3, 224, 224), NCHW, channels in RGB order, normalised.
     """
+    if isinstance(resize, bool) or not isinstance(resize, int) or resize < CROP:
+        raise ValueError(f"preprocess: resize must be an integer >= {CROP}, got {resize!r}")
     Image = require_pillow()
     if isinstance(image, (str, Path)):
         img = open_image(image)
@@ -169,7 +174,7 @@ def preprocess(image: str | Path | Any) -> np.ndarray:
         raise TypeError(
             f"preprocess: image must be a file path or a PIL Image, got {type(image).__name__}"
         )
-    size = resized_size(*img.size)
+    size = resized_size(*img.size, short=resize)
     if size != img.size:  # torchvision leaves an image of the right size untouched
         img = img.resize(size, Image.Resampling.BILINEAR)
     img = img.crop(center_crop_box(*img.size))
