@@ -135,6 +135,7 @@ def test_the_imagenet_class_names_are_torchvisions() -> None:
         ((256, 256), (256, 256), (16, 16)),
         ((100, 50), (512, 256), (144, 16)),  # enlarged
         ((225, 2000), (256, 2275), (16, 1026)),  # 2275.55 -> 2275; 1025.5 -> 1026
+        ((2000, 225), (2275, 256), (1026, 16)),
     ],
 )
 def test_resize_and_crop_geometry_by_hand(size, resized, box) -> None:
@@ -195,8 +196,7 @@ def test_preprocess_reads_files_and_any_mode(tmp_path: Path) -> None:
     np.testing.assert_array_equal(preprocess(rgba), preprocess(rgb))
 
     palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
-    palette.info["transparency"] = 0
-    palette.save(tmp_path / "p.png")
+    palette.save(tmp_path / "p.png", transparency=bytes([0, 128] + [255] * 14))  # a tRNS chunk
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "Palette images with Transparency" warning
         got = preprocess(tmp_path / "p.png")
