@@ -278,6 +278,9 @@ def test_softmax_and_top_k(capsys) -> None:
         softmax(z), torch.softmax(torch.from_numpy(z).double(), 0), rtol=1e-12
     )
     assert softmax(np.array([1000.0, 0.0]))[0] == 1.0  # no overflow
+    rows = z.reshape(4, 250)  # a batch: one softmax per row
+    want = torch.softmax(torch.from_numpy(rows).double(), 1)
+    np.testing.assert_allclose(softmax(rows), want, rtol=1e-12)
     got = top_k(z, 3)
     order = np.argsort(-z)[:3]
     assert [p.index for p in got] == order.tolist()
@@ -358,7 +361,8 @@ def test_weights_with_other_than_1000_classes_give_numbers(capsys, tmp_path, ima
 
 def _error(capsys, argv: list[str]) -> str:
     assert main(["predict", *argv]) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert out == ""  # every mistake is found before any image is classified
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if ": error: " in line]
     assert len(lines) == 1, err
@@ -418,8 +422,7 @@ def test_images_that_cannot_be_read(capsys, tmp_path, images, weights18) -> None
     text = tmp_path / "notes.txt"
     text.write_text("not an image\n")
     err = _error(capsys, [str(images["png"]), str(text), *rest])
-    assert f"{str(text)!r} is not an image file Pillow can read" in err
-    assert capsys.readouterr().out == ""  # found before any image was classified
+    assert f"{str(text)!r} is not an image file Pillow can read" in err  # png not classified
     err = _error(capsys, [str(tmp_path / "gone.jpg"), *rest])
     assert f"image {str(tmp_path / 'gone.jpg')!r} not found" in err
 
