@@ -508,10 +508,12 @@ def test_predict_on_cuda(gpu, tmp_path, capsys):
     mr.save_safetensors(mr.models.resnet18(), weights)
     top = {}
     for where in ("cpu", "cuda"):
+        gpu.counts.reset()
         argv = [str(image), "--model", "resnet18", "--weights", str(weights), "--top", "6"]
         assert main(["predict", *argv, "--device", where, "--json"]) == 0
         top[where] = json.loads(capsys.readouterr().out)["top"]
-    assert gpu.counts.by("kernel")  # the cuda run really launched the kernels
+    # The cuda run launched the network's kernels: 20 convolutions at least.
+    assert gpu.counts.launches >= 20, gpu.counts.summary()
     probs = [t["probability"] for t in top["cpu"]]
     assert np.all(np.diff(probs) < -1e-4), probs  # an order float32 noise cannot change
     assert [t["index"] for t in top["cuda"]] == [t["index"] for t in top["cpu"]]
