@@ -11,11 +11,11 @@
 
 Exit status (EXIT_STATUS below, also in ``minires --help``): 0 done; 1
 training diverged or a gradient check failed; 2 a usage error, or a file
-problem: an option out of range, a checkpoint or data set that is missing,
-damaged or does not fit, an output that cannot be written; 130 stopped by
-Ctrl-C (143 by SIGTERM). Every error the user can fix prints one line,
-``minires: error: ...``, that names the option or file, and never a Python
-traceback.
+problem: an option out of range, a checkpoint, weights file, image or data
+set that is missing, damaged or does not fit, an output that cannot be
+written; 130 stopped by Ctrl-C (143 by SIGTERM). Every error the user can fix
+prints one line, ``minires: error: ...``, that names the option or file, and
+never a Python traceback.
 """
 
 from __future__ import annotations
@@ -66,9 +66,10 @@ exit status:
   0    done
   1    training diverged (NaN or infinite loss), or a gradient check failed
   2    a usage error or a file problem: a bad or out-of-range option; a
-       checkpoint or data set that is missing, damaged or does not fit; an
-       output (run folder, checkpoint, metrics.jsonl, config.json, curves.png)
-       that cannot be written. One line on stderr says which.
+       checkpoint, weights file, image or data set that is missing, damaged
+       or does not fit; an output (run folder, checkpoint, metrics.jsonl,
+       config.json, curves.png) that cannot be written; a missing optional
+       package (Pillow for predict). One line on stderr says which.
   130  stopped by Ctrl-C (143: by SIGTERM); the message says which checkpoint,
        if any, a --resume continues from
 """
