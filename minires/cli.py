@@ -1,20 +1,21 @@
-"""The ``minires`` command: train, eval, models, gradcheck, bench.
+"""The ``minires`` command: train, eval, models, predict, gradcheck, bench.
 
     minires train                        ResNet-20 on the embedded digits: ~99% in ~15 s
     minires train --data cifar10 --data-dir ~/data --out runs/c10
     minires train --out runs/c10 --resume          continue a stopped run exactly
     minires eval --checkpoint runs/c10             test loss and accuracy of a run
     minires models                                 the model names and their sizes
+    minires predict dog.jpg --model resnet50 --weights resnet50-0676ba61.pth   top-5 classes
     minires gradcheck                              check every op's backward, float64
     minires bench --model resnet20                 time a training step (vs PyTorch)
 
 Exit status (EXIT_STATUS below, also in ``minires --help``): 0 done; 1
 training diverged or a gradient check failed; 2 a usage error, or a file
-problem: an option out of range, a checkpoint or data set that is missing,
-damaged or does not fit, an output that cannot be written; 130 stopped by
-Ctrl-C (143 by SIGTERM). Every error the user can fix prints one line,
-``minires: error: ...``, that names the option or file, and never a Python
-traceback.
+problem: an option out of range, a checkpoint, weights file, image or data
+set that is missing, damaged or does not fit, an output that cannot be
+written; 130 stopped by Ctrl-C (143 by SIGTERM). Every error the user can fix
+prints one line, ``minires: error: ...``, that names the option or file, and
+never a Python traceback.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from . import __version__
 from .backends.device import DEVICES
 from .checkpoint import CheckpointError
 from .data import DataError
+from .options import POSITIVE_INT
 from .train import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -64,9 +66,10 @@ exit status:
   0    done
   1    training diverged (NaN or infinite loss), or a gradient check failed
   2    a usage error or a file problem: a bad or out-of-range option; a
-       checkpoint or data set that is missing, damaged or does not fit; an
-       output (run folder, checkpoint, metrics.jsonl, config.json, curves.png)
-       that cannot be written. One line on stderr says which.
+       checkpoint, weights file, image or data set that is missing, damaged
+       or does not fit; an output (run folder, checkpoint, metrics.jsonl,
+       config.json, curves.png) that cannot be written; a missing optional
+       package (Pillow for predict). One line on stderr says which.
   130  stopped by Ctrl-C (143: by SIGTERM); the message says which checkpoint,
        if any, a --resume continues from
 """
@@ -92,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub)
     _add_eval(sub)
+    _add_predict(sub)
     _add_models_gradcheck_bench(sub)
     return parser
 
@@ -188,6 +192,40 @@ def _add_eval(sub: Any) -> None:
     )
     e.add_argument("--json", action="store_true", help="print the result as one JSON line")
     e.set_defaults(func=cmd_eval)
+
+
+def _add_predict(sub: Any) -> None:
+    """The `minires predict` command."""
+    p = sub.add_parser(
+        "predict",
+        help="classify images with an ImageNet ResNet and your weights file",
+        description="Print the top classes of each image, with their probabilities, "
+        "for an ImageNet model (torchvision layout) and a weights file you bring "
+        "(safetensors or PyTorch .pth, e.g. torchvision's resnet50 file). Images are "
+        "prepared as torchvision prepares them (shorter side 256, centre 224x224 crop, "
+        'ImageNet normalisation). Needs Pillow: pip install "minires[predict]". '
+        "Weights with other than 1000 classes give class numbers instead of names.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    p.add_argument(
+        "--model", required=True, metavar="NAME", help="an ImageNet model, e.g. resnet50"
+    )
+    p.add_argument(
+        "--weights", required=True, metavar="FILE", help="its weights (.safetensors or .pth)"
+    )
+    p.add_argument("--top", type=POSITIVE_INT, default=5, metavar="K", help="classes shown (5)")
+    p.add_argument(
+        "--resize",
+        type=POSITIVE_INT,
+        default=256,
+        metavar="N",
+        help="shorter side before the 224x224 crop (256; 232 for torchvision's V2 weights)",
+    )
+    p.add_argument("--device", choices=DEVICES, default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON line per image")
+    p.set_defaults(func=cmd_predict)
 
 
 def _add_models_gradcheck_bench(sub: Any) -> None:
@@ -391,6 +429,45 @@ def cmd_models(args: argparse.Namespace) -> int:
             family = "ResNeXt, " if model.groups > 1 else wide
             kind = f"ImageNet, {family}torchvision layout, 3x224x224 input"
         print(f"{name:<18}{models.count_parameters(model):>14,}  {kind}", flush=True)
+    return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from . import predict
+    from .data import imagenet
+
+    try:
+        imagenet.require_pillow()
+    except ImportError as e:
+        raise UserError(f"minires predict: {e}") from None
+    check_device(args.device)
+    if args.resize < 224:
+        raise UserError(f"--resize {args.resize}: must be at least 224, the side of the crop")
+    for image in args.images:  # a bad name is reported before the weights are read
+        imagenet.check_image(image)
+    try:
+        model = predict.load_classifier(args.model, args.weights, args.device)
+    except predict.PredictError as e:
+        raise UserError(str(e)) from None
+    num_classes = model.fc.out_features
+    if args.top > num_classes:
+        raise UserError(f"--top {args.top}: the model has only {num_classes} classes")
+    if num_classes != len(imagenet.imagenet_classes()):
+        print(
+            f"note: the weights have {num_classes} classes, not ImageNet's 1000: "
+            "classes are shown by number",
+            file=sys.stderr,
+        )
+    for i, image in enumerate(args.images):
+        top = predict.predict(model, image, k=args.top, resize=args.resize)
+        if args.json:
+            found = [p._asdict() for p in top]
+            print(json.dumps({"image": image, "model": args.model, "top": found}), flush=True)
+            continue
+        print(("\n" if i else "") + f"{image}:")
+        for p in top:
+            print(f"  {100 * p.probability:6.2f}%  {p.index:>4}  {p.name or ''}".rstrip())
+        sys.stdout.flush()
     return EXIT_OK
 
 

@@ -66,7 +66,11 @@ REQUIRED_IN_CI = (
     "graphviz",
     "safetensors",
     "mpi4py",
+    "PIL",  # installed as Pillow
 )
+
+# Where a package is installed under another name than the one it is imported by.
+DISTRIBUTION_NAMES = {"PIL": "pillow"}
 
 _IMPORT_SKIP = re.compile(r"could not import '([\w.]+)'")
 

@@ -73,11 +73,11 @@ def test_only_the_backends_import_cupy() -> None:
     assert not offenders, sorted(offenders)
 
 
-_OPTIONAL = ("tqdm", "matplotlib", "threadpoolctl", "cupy", "cupyx")
+_OPTIONAL = ("tqdm", "matplotlib", "threadpoolctl", "cupy", "cupyx", "PIL")
 
 
 def test_import_minires_needs_numpy_alone() -> None:
-    """The command's modules import without tqdm, matplotlib, threadpoolctl or CuPy,
+    """The command's modules import without tqdm, matplotlib, threadpoolctl, CuPy or Pillow,
     and a plain ``import minires`` loads none of them."""
     code = (
         "import sys\n"
@@ -85,6 +85,7 @@ def test_import_minires_needs_numpy_alone() -> None:
         "if sys.argv[1] == 'block':\n"
         "    for name in blocked: sys.modules[name] = None  # import now raises ImportError\n"
         "import minires, minires.train, minires.cli, minires.bench, minires.plots\n"
+        "import minires.predict, minires.data.imagenet\n"
         "loaded = [m for m in blocked if sys.modules.get(m) is not None]\n"
         "assert not loaded, loaded\n"
     )

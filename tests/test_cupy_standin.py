@@ -21,7 +21,7 @@ Sections:
     a BasicBlock net, a Bottleneck net, a grouped (ResNeXt) Bottleneck net,
     CIFAR ResNets (shortcut A and B, and a wide one)
     resnet20: three SGD steps with momentum, then eval mode
-    the command line: train, checkpoint, --resume, eval
+    the command line: train, checkpoint, --resume, eval, predict
     the census script
     the GPU test files themselves (every test marked gpu), run on the stand-in
 """
@@ -510,6 +510,29 @@ def test_train_resume_and_eval_on_cuda(gpu, tmp_path, capsys):
         scores[where] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert scores["cuda"]["test_acc"] == scores["cpu"]["test_acc"]
     assert scores["cuda"]["test_loss"] == pytest.approx(scores["cpu"]["test_loss"], rel=1e-4)
+
+
+def test_predict_on_cuda(gpu, tmp_path, capsys):
+    """`minires predict --device cuda` gives the top 5 of `--device cpu`."""
+    from minires.cli import main
+
+    Image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    image, weights = tmp_path / "noise.png", tmp_path / "r18.safetensors"
+    Image.fromarray((rng.random((200, 300, 3)) * 255).astype(np.uint8)).save(image)
+    mr.save_safetensors(mr.models.resnet18(), weights)
+    top = {}
+    for where in ("cpu", "cuda"):
+        gpu.counts.reset()
+        argv = [str(image), "--model", "resnet18", "--weights", str(weights), "--top", "6"]
+        assert main(["predict", *argv, "--device", where, "--json"]) == 0
+        top[where] = json.loads(capsys.readouterr().out)["top"]
+    # The cuda run launched the network's kernels: 20 convolutions at least.
+    assert gpu.counts.launches >= 20, gpu.counts.summary()
+    probs = [t["probability"] for t in top["cpu"]]
+    assert np.all(np.diff(probs) < -1e-4), probs  # an order float32 noise cannot change
+    assert [t["index"] for t in top["cuda"]] == [t["index"] for t in top["cpu"]]
+    np.testing.assert_allclose([t["probability"] for t in top["cuda"]], probs, rtol=1e-4)
 
 
 # --------------------------------------------------------------------------

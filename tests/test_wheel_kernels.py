@@ -1,4 +1,4 @@
-"""The wheel ships the CUDA sources, where cuda_backend looks for them.
+"""The wheel ships the CUDA sources, where cuda_backend looks for them (and its data files).
 
 kernels/ sits outside the package; pyproject.toml's hatch force-include maps
 it to minires/_kernels/ in the wheel, and cuda_backend.kernel_dir() looks
@@ -68,3 +68,10 @@ def test_installed_package_finds_its_kernels(wheel: Path, tmp_path: Path):
     )
     assert proc.returncode == 0, proc.stderr
     assert Path(proc.stdout.strip()) == tmp_path / "minires" / "_kernels"
+
+
+def test_wheel_contains_the_imagenet_class_names(wheel: Path):
+    """minires predict names classes from a text file in the package: it must ship."""
+    source = REPO / "minires" / "data" / "imagenet_classes.txt"
+    with zipfile.ZipFile(wheel) as z:
+        assert z.read("minires/data/imagenet_classes.txt") == source.read_bytes()

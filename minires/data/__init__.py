@@ -11,6 +11,9 @@ data set, and mini-batching with augmentation. Nothing here uses the network.
     DistributedDataLoader(..., num_replicas, rank)  one process's shard of each batch
     RandomCrop, RandomHorizontalFlip, Normalize, Compose, cifar_augment,
     channel_stats                 batched augmentation and normalisation
+    imagenet.preprocess(image)    one image as torchvision prepares it for an
+                                  ImageNet model (Pillow), float32 (1, 3, 224, 224)
+    imagenet_classes()            the 1000 ImageNet class names, shipped in the package
 
 Labels are int64 (N,) everywhere.
 """
@@ -24,6 +27,7 @@ from .cifar import (
 )
 from .digits import load_digits
 from .distributed import DistributedDataLoader
+from .imagenet import ImageError, imagenet_classes
 from .loader import (
     Compose,
     DataLoader,
@@ -45,11 +49,13 @@ __all__ = [
     "DatasetFormatError",
     "DatasetNotFoundError",
     "DistributedDataLoader",
+    "ImageError",
     "Normalize",
     "RandomCrop",
     "RandomHorizontalFlip",
     "channel_stats",
     "cifar_augment",
+    "imagenet_classes",
     "load_cifar10",
     "load_cifar10_classes",
     "load_digits",
