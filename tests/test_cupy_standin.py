@@ -524,14 +524,9 @@ def test_census_counts_depend_on_the_structure_only(compiled, capsys):
 
 # A test of the GPU files that cannot pass on any device, found by running
 # them here; strict, so that fixing it makes this list say so.
-KNOWN_BROKEN_GPU_TESTS = {
+KNOWN_BROKEN_GPU_TESTS: dict[tuple[str, str, str, object], str] = {
     # (module, test, parameter, value): why
-    ("test_gpu_end_to_end", "test_forward_and_backward_match_numpy", "name", "pools"): (
-        "the 'pools' op does not use w, so wg.grad is None and assert_allclose(None, None) "
-        "raises TypeError: the test fails on a real GPU too"
-    ),
 }
-
 
 def _parametrizations(marks: list) -> list[dict]:
     combos: list[dict] = [{}]
