@@ -235,6 +235,26 @@ def _index(key: Any) -> tuple[tuple, bool, bool]:
     return tuple(out), advanced, mask
 
 
+def _wrapped(index: tuple, shape: tuple[int, ...]) -> tuple:
+    """``index`` with its integer arrays taken modulo their axis's length.
+
+    CuPy's integer array indexing wraps out-of-bounds indices around where
+    NumPy raises IndexError ("Differences between CuPy and NumPy"), so a
+    gather with a bad index reads a wrong element and goes on: modelled here.
+    """
+    out, axis = [], 0
+    for item in index:
+        if item is Ellipsis:  # the axes after it are counted from the end: left as given
+            return (*out, *index[len(out) :])
+        if isinstance(item, np.ndarray) and item.dtype.kind in "iu" and axis < len(shape):
+            out.append(np.mod(item, max(shape[axis], 1)))
+        else:
+            out.append(item)
+        if item is not None:
+            axis += item.ndim if isinstance(item, np.ndarray) and item.dtype == np.bool_ else 1
+    return tuple(out)
+
+
 # --------------------------------------------------------------------------
 # The array
 # --------------------------------------------------------------------------
@@ -333,6 +353,7 @@ class ndarray:  # noqa: N801 (CuPy's name)
             record("sync", "boolean-mask index")
         if advanced:
             record("elementwise", "gather (fancy index)")
+            index = _wrapped(index, self._a.shape)
         return wrap(self._a[index])
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -343,7 +364,7 @@ class ndarray:  # noqa: N801 (CuPy's name)
         else:
             value = operand(value)
         record("elementwise", "setitem")
-        self._a[index] = value
+        self._a[_wrapped(index, self._a.shape) if advanced else index] = value
 
     # -- copies and kernels ------------------------------------------------
     def copy(self, order: str = "C") -> ndarray:
