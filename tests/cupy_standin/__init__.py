@@ -72,9 +72,11 @@ def prebuild_minires_kernels() -> None:
 
 
 def _reset_minires_caches() -> None:
-    from minires import backends
+    from minires import backends, label_check
     from minires.backends import cuda_backend
 
+    label_check._pending.clear()  # labels of stand-in arrays, not checked yet
+    label_check._pending_rows = 0
     cuda_backend._probe.cache_clear()
     cuda_backend._module.cache_clear()
     cuda_backend._function.cache_clear()
@@ -85,12 +87,12 @@ def _reset_minires_caches() -> None:
 def install(device_count: int = 1, launch_sizes: dict | None = None) -> Iterator[Standin]:
     """Make ``import cupy`` / ``import cupyx`` give the stand-in, for the ``with`` block.
 
-    minires's cached GPU probe, compiled modules and chosen CUDA backend are
-    reset on entry and again on exit, and everything replaced (sys.modules
-    entries, the backend's launch sizes) is restored, so a real CuPy used
-    later in the same process starts clean. ``launch_sizes`` replaces
-    cuda_backend's THREADS / MAX_BLOCKS / REDUCE_THREADS (default
-    CPU_LAUNCH_SIZES; pass {} to keep the backend's own).
+    minires's cached GPU probe, compiled modules, chosen CUDA backend and
+    GPU labels waiting for their check are reset on entry and again on exit,
+    and everything replaced (sys.modules entries, the backend's launch sizes)
+    is restored, so a real CuPy used later in the same process starts clean.
+    ``launch_sizes`` replaces cuda_backend's THREADS / MAX_BLOCKS /
+    REDUCE_THREADS (default CPU_LAUNCH_SIZES; pass {} to keep the backend's own).
     """
     from minires.backends import cuda_backend
 
