@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 
-from . import counts, kernels
+from . import counts, kernels, libraries
 from .array import ndarray
 from .counts import Counts
 from .module import Device, make_cupy
@@ -84,7 +84,11 @@ def _reset_minires_caches() -> None:
 
 
 @contextmanager
-def install(device_count: int = 1, launch_sizes: dict | None = None) -> Iterator[Standin]:
+def install(
+    device_count: int = 1,
+    launch_sizes: dict | None = None,
+    missing_libraries: tuple[str, ...] = (),
+) -> Iterator[Standin]:
     """Make ``import cupy`` / ``import cupyx`` give the stand-in, for the ``with`` block.
 
     minires's cached GPU probe, compiled modules, chosen CUDA backend and
@@ -93,6 +97,8 @@ def install(device_count: int = 1, launch_sizes: dict | None = None) -> Iterator
     is restored, so a real CuPy used later in the same process starts clean.
     ``launch_sizes`` replaces cuda_backend's THREADS / MAX_BLOCKS /
     REDUCE_THREADS (default CPU_LAUNCH_SIZES; pass {} to keep the backend's own).
+    ``missing_libraries`` ("nvrtc", "cublas") fail as CuPy does where they are
+    not installed (libraries.py).
     """
     from minires.backends import cuda_backend
 
@@ -113,6 +119,7 @@ def install(device_count: int = 1, launch_sizes: dict | None = None) -> Iterator
     for name, value in sizes.items():
         setattr(cuda_backend, name, value)
     counts.CURRENT, Device.count = standin.counts, device_count
+    libraries.MISSING.update(missing_libraries)
     _reset_minires_caches()
     try:
         yield standin
@@ -125,4 +132,5 @@ def install(device_count: int = 1, launch_sizes: dict | None = None) -> Iterator
         for name, value in saved_sizes.items():
             setattr(cuda_backend, name, value)
         counts.CURRENT, Device.count = saved_counts, saved_device_count
+        libraries.MISSING.clear()
         _reset_minires_caches()

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from . import libraries
 from .counts import record
 
 PY_SCALARS = (bool, int, float, complex)
@@ -205,6 +206,7 @@ def matmul(a: Any, b: Any, out: Any = None, what: str = "matmul") -> Any:
     _gemm_operand(a)
     _gemm_operand(b)
     given, outs = _out(out)
+    libraries.load("cublas")
     record("cublas", what)
     r = np.matmul(a._a, b._a, out=None if outs is None else outs[0])
     return given if given is not None else wrap(r)

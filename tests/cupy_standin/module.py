@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import kernels
+from . import kernels, libraries
 from .array import (
     device_array,
     elementwise,
@@ -221,12 +221,14 @@ def dot(a: Any, b: Any, out: Any = None) -> Any:
 def tensordot(a: Any, b: Any, axes: Any = 2) -> Any:
     a, b = device_array(a, "cupy.tensordot"), device_array(b, "cupy.tensordot")
     record("copy", "tensordot operands")  # CuPy transposes both operands to 2-D first
+    libraries.load("cublas")
     record("cublas", "tensordot")
     return wrap(np.tensordot(a._a, b._a, axes))
 
 
 def einsum(subscripts: str, *operands: Any, **kwargs: Any) -> Any:
     arrays = [device_array(a, "cupy.einsum")._a for a in operands]
+    libraries.load("cublas")
     record("cublas", f"einsum {subscripts}")
     return wrap(np.einsum(subscripts, *arrays, **kwargs))
 
