@@ -48,7 +48,14 @@ from .module import Device, make_cupy
 
 __all__ = ["install", "Standin", "Counts", "ndarray", "prebuild_minires_kernels"]
 
-_NAMES = ("cupy", "cupyx", "cupy.cuda", "cupy.cuda.runtime")
+_NAMES = (
+    "cupy",
+    "cupyx",
+    "cupy.cuda",
+    "cupy.cuda.runtime",
+    "cupy._core",
+    "cupy._core._routines_linalg",
+)
 
 # Launch sizes for the kernels on CPU threads: a block is that many real
 # threads, so the backend's own 256 x 4096 would start a million threads per
@@ -114,6 +121,8 @@ def install(
             "cupyx": cupyx,
             "cupy.cuda": cupy.cuda,
             "cupy.cuda.runtime": cupy.cuda.runtime,
+            "cupy._core": cupy._core,
+            "cupy._core._routines_linalg": cupy._core._routines_linalg,
         }
     )
     for name, value in sizes.items():
