@@ -105,7 +105,7 @@ def test_quick_run_reports_the_benchmarks_figures_and_precision(quick_run):
     record = json.loads(out.strip().splitlines()[-1])
     r20, r50 = record["bench"]["resnet20"], record["bench"]["resnet50"]
     assert (r20["model"], r20["image_size"], r20["device"]) == ("resnet20", 16, "cuda")
-    assert (r50["model"], r50["image_size"]) == ("resnet50", 32)
+    assert (r50["model"], r50["image_size"], r50["batch"]) == ("resnet50", 32, 4)
     for r in (r20, r50):
         assert r["minires_train_img_s"] > 0 and r["minires_infer_img_s"] > 0
         assert r["precision"] == "fp32" and r["minires_tf32"] is False
