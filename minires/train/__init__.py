@@ -11,6 +11,7 @@ One module a job, in the order a reader meets them:
     build.py       the model, the optimiser, the learning-rate schedule
     step.py        train_step: forward, cross-entropy, backward, SGD step
     trainer.py     Trainer: the epoch loop, evaluation, saving, resuming
+    run_state.py   what a checkpoint holds, taken from a Trainer and given back
     distributed.py DistributedTrainer: the same loop on N processes (data parallel)
     processes.py   which trainer a command line gets; ``--nproc`` starts mpiexec
     metrics.py     an epoch's running sums and its line of metrics.jsonl

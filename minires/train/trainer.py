@@ -23,7 +23,8 @@ import numpy as np
 from ..backends.device import to_device
 from ..functional import check_labels
 from ..nn import init as nn_init
-from .build import build_model, build_optimizer, input_channels, load_model_state
+from . import run_state
+from .build import build_model, build_optimizer, input_channels
 from .config import TrainConfig, resolve_resume_config
 from .datasets import load_data, make_loaders
 from .errors import TrainingDiverged, UserError, check_device
@@ -135,29 +136,7 @@ class Trainer:
 
     def _state(self) -> dict[str, Any]:
         """Everything the rest of the run depends on: what the checkpoint holds."""
-        return {
-            "config": self.cfg.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(),
-            "loader": self.train_loader.state_dict(),
-            "rng": {
-                "init": nn_init.get_generator().bit_generator.state,
-                "numpy": np.random.get_state(legacy=False),
-            },
-            "run": {
-                "epoch": self.epoch,
-                "partial": self.sums.to_dict(),
-                "train_time_s": self.train_time,
-                "finished": self.epoch >= self.cfg.epochs,
-            },
-            "data": {
-                "mean": list(self.data.mean),
-                "std": list(self.data.std),
-                "num_classes": self.data.num_classes,
-            },
-            "history": self.history,
-        }
+        return run_state.collect(self)
 
     def _resume(self, saved: dict[str, Any]) -> None:
         """Check the checkpoint against this run's fresh state, then restore it."""
@@ -170,18 +149,7 @@ class Trainer:
 
     def _restore(self, saved: dict[str, Any]) -> None:
         """The inverse of ``_state``: continue exactly where the checkpoint was taken."""
-        load_model_state(self.model, saved["model"], f"the checkpoint {str(self.ckpt_path)!r}")
-        # (Momentum buffers are copied to wherever their parameters live.)
-        self.opt.load_state_dict(saved["optimizer"])
-        self.sched.load_state_dict(saved["scheduler"])
-        self.train_loader.load_state_dict(saved["loader"])
-        nn_init.get_generator().bit_generator.state = saved["rng"]["init"]
-        np.random.set_state(saved["rng"]["numpy"])
-        run = saved["run"]
-        self.epoch = int(run["epoch"])
-        self.sums = EpochSums.from_dict(run["partial"])
-        self.train_time = float(run["train_time_s"])
-        self.history = list(saved["history"])
+        run_state.restore(self, saved)
 
     # -- the loop ---------------------------------------------------------------
 
@@ -281,11 +249,8 @@ class Trainer:
         self.progress.step(numbers)
 
     def _read_steps(self) -> bool:
-        """Bring the steps still on the GPU to the host: done at every report (a progress
-        line, a checkpoint, an epoch's end), and only there, so that the loop never
-        waits for the GPU otherwise. Their labels are checked first (a bad label
-        makes a NaN loss: the error names the label), then their losses. True if
-        any step was waiting (the read waited for the GPU to finish them)."""
+        """Bring the GPU's steps to the host, at a report (progress, checkpoint, epoch end)
+        only: labels checked first (a bad one makes a NaN loss), then losses. True if any."""
         if not self.sums.unread:
             return False
         check_labels()
