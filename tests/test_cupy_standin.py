@@ -572,7 +572,8 @@ def test_census_counts_depend_on_the_structure_only(compiled, capsys):
         assert "host syncs" in output and "layout copies" in output
         runs.append(json.loads(output.strip().splitlines()[-1]))
     keys = ("launches", "host_syncs", "layout_copies", "kernel_events", "cublas_events")
-    assert all(runs[0][k] > 0 for k in keys)
+    # (host_syncs: the script's own read of the loss; a training step makes none)
+    assert all(runs[0][k] > 0 for k in keys if k != "host_syncs")
     assert [runs[0][k] for k in keys] == [runs[1][k] for k in keys]
     assert runs[1]["bytes_moved"] > runs[0]["bytes_moved"]  # the images are larger
 

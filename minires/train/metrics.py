@@ -82,6 +82,8 @@ class EpochSums:
         self, epoch: int, step: int, test_loss: float, test_acc: float, total_time_s: float
     ) -> dict[str, Any]:
         """The epoch's line of metrics.jsonl (``step``: schedule steps taken so far)."""
+        if self.unread:
+            raise RuntimeError("EpochSums.record: read() the steps still on the GPU first")
         return {
             "epoch": epoch,
             "step": step,
