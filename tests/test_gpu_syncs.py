@@ -184,3 +184,23 @@ def test_a_nan_loss_on_the_gpu_stops_at_the_next_report_naming_its_batch(gpu, tm
     with pytest.raises(TrainingDiverged, match="the loss became nan at epoch 1, batch 3"):
         Trainer(cfg, run, progress="none", log=lambda s: None).run(poison_third_step)
     assert not (run / "checkpoint.npz").exists()
+
+
+def test_the_bar_asks_for_the_figures_only_when_it_shows_them():
+    """On a GPU the trainer's bar reads the figures (a sync) at most once a second."""
+    pytest.importorskip("tqdm")
+    from minires.train.progress import Progress
+
+    asked: list[float] = []
+
+    def figures() -> tuple[float, float, float]:
+        asked.append(every_s)
+        return 0.5, 0.25, 100.0
+
+    for every_s, expected in ((0.0, 5), (3600.0, 1)):
+        progress = Progress("bar", numbers_every_s=every_s)
+        progress.start("epoch 1/1", total=5, done=0)
+        for _ in range(5):
+            progress.step(figures)
+        progress.close()
+        assert asked.count(every_s) == expected and progress.done == 5
