@@ -233,3 +233,16 @@ def test_cupy_tf32_env_is_what_cupy_starts_with(compiled, monkeypatch):
     monkeypatch.delenv("CUPY_TF32")
     with cupy_standin.install():
         assert cuda_precision.tf32_enabled() is False
+
+
+def test_the_gpu_extra_brings_cupys_cuda_libraries():
+    """`pip install ".[gpu]"` needs only the driver: CuPy's [ctk] extra (CuPy >= 14) brings
+    NVRTC, cuBLAS and cuRAND as wheels; the README and the probe's advice say the same."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    pyproject = (root / "pyproject.toml").read_text()
+    assert re.search(r'^gpu = \["cupy-cuda12x\[ctk\]>=14"\]$', pyproject, re.M)
+    readme = (root / "README.md").read_text()
+    assert "`cupy-cuda12x[ctk]`" in readme and '"cupy-cuda13x[ctk]"' in readme
+    assert "cupy-cuda12x[ctk]" in cuda_backend._CUPY_INSTALL_HINT
