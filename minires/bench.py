@@ -8,6 +8,11 @@ alternating with minires in blocks of steps, so that both see the same
 machine load. The report gives medians and the minires/PyTorch ratio, as a
 table and as one JSON line.
 
+Precision is explicit. On a GPU both frameworks run at the same precision:
+FP32 by default (PyTorch's TF32 switches for matmul and cuDNN turned off;
+CuPy's float32 products kept off TF32), or TF32 on both with ``--tf32``. The
+report and its JSON line say what each side was allowed (cuda_precision.py).
+
 Peak memory of a step is measured the same way for both frameworks: each
 runs two training steps in a fresh child process, and the growth of the
 process's peak resident memory from just before the first step (model, data
@@ -18,6 +23,7 @@ step are also counted exactly with tracemalloc.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -27,7 +33,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -53,13 +59,19 @@ def _median_time(fn: Callable[[], Any], steps: int, sync: Callable[[], None]) ->
     return times
 
 
-def _minires_runner(model_name: str, batch: int, device: str, seed: int):
+def _input_shape(model_name: str, size: int | None) -> tuple[int, int, int]:
+    """(C, H, W) of the model's images: its own size, or ``size`` x ``size``."""
+    channels, height, width = MODEL_INPUT[model_name]
+    return (channels, size or height, size or width)
+
+
+def _minires_runner(model_name: str, batch: int, device: str, seed: int, size: int | None = None):
     mr.manual_seed(seed)
     model = getattr(mr.models, model_name)()
     if device == "cuda":
         model.to("cuda")
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, *MODEL_INPUT[model_name])).astype(np.float32)
+    x = rng.standard_normal((batch, *_input_shape(model_name, size))).astype(np.float32)
     y = rng.integers(0, 10 if model_name == "resnet20" else 1000, batch)
     xt, y = mr.Tensor(to_device(x, device)), to_device(y, device)
     sync = functools.partial(synchronize, device)
@@ -80,11 +92,15 @@ def _minires_runner(model_name: str, batch: int, device: str, seed: int):
     return train_step, infer, sync
 
 
-def _torch_runner(model_name: str, batch: int, device: str, seed: int, threads: int):
+def _torch_runner(
+    model_name: str, batch: int, device: str, seed: int, threads: int, size: int | None = None
+):
     import torch
 
     from ._torch_reference import build_torch_model
 
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ImportError(f"PyTorch {torch.__version__} has no usable CUDA here")
     torch.manual_seed(seed)
     if device == "cpu":
         torch.set_num_threads(threads)
@@ -92,7 +108,7 @@ def _torch_runner(model_name: str, batch: int, device: str, seed: int, threads: 
     model = build_torch_model(model_name).to(dev)
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(
-        rng.standard_normal((batch, *MODEL_INPUT[model_name])).astype(np.float32)
+        rng.standard_normal((batch, *_input_shape(model_name, size))).astype(np.float32)
     ).to(dev)
     y = torch.from_numpy(rng.integers(0, 10 if model_name == "resnet20" else 1000, batch)).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -130,12 +146,14 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _memory_child(framework: str, model_name: str, batch: int, seed: int) -> None:
+def _memory_child(
+    framework: str, model_name: str, batch: int, seed: int, size: int | None = None
+) -> None:
     """Run in a fresh process: print the peak-RSS growth of two training steps."""
     if framework == "torch":
-        train, _, _ = _torch_runner(model_name, batch, "cpu", seed, os.cpu_count() or 1)
+        train, _, _ = _torch_runner(model_name, batch, "cpu", seed, os.cpu_count() or 1, size)
     else:
-        train, _, _ = _minires_runner(model_name, batch, "cpu", seed)
+        train, _, _ = _minires_runner(model_name, batch, "cpu", seed, size)
     before = _peak_rss_mb()
     train()
     train()
@@ -145,20 +163,57 @@ def _memory_child(framework: str, model_name: str, batch: int, seed: int) -> Non
 def _step_memory_mb(framework: str, args: argparse.Namespace) -> float | None:
     cmd = [sys.executable, "-m", "minires.bench", "--memory-child", framework]
     cmd += ["--model", args.model, "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
+    if getattr(args, "image_size", None):
+        cmd += ["--image-size", str(args.image_size)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         return None
     return float(json.loads(done.stdout.strip().splitlines()[-1])["step_peak_mb"])
 
 
+@contextlib.contextmanager
+def _precision(tf32: bool, torch_too: bool) -> Iterator[dict[str, Any]]:
+    """Both frameworks at one precision on the GPU for the ``with`` block; what each was
+    allowed, read back, as fields of the result. The previous settings are restored."""
+    from .backends import cuda_precision
+
+    saved_cupy = cuda_precision.tf32_enabled()
+    fields: dict[str, Any] = {"precision": "tf32" if tf32 else "fp32"}
+    fields["minires_tf32"] = cuda_precision.set_tf32(tf32)
+    if tf32 and not fields["minires_tf32"]:
+        fields["precision_note"] = "this GPU has no TF32 (compute capability < 8.0): FP32"
+    saved_torch = None
+    if torch_too:
+        import torch
+
+        matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+        saved_torch = _torch_tf32(torch)
+        matmul.allow_tf32 = cudnn.allow_tf32 = tf32
+        fields["torch_matmul_tf32"], fields["torch_cudnn_tf32"] = _torch_tf32(torch)
+    try:
+        yield fields
+    finally:
+        cuda_precision.set_tf32(saved_cupy)
+        if saved_torch is not None:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved_torch
+
+
+def _torch_tf32(torch: Any) -> tuple[bool, bool]:
+    """PyTorch's two TF32 switches: (matmul, cuDNN)."""
+    return bool(torch.backends.cuda.matmul.allow_tf32), bool(torch.backends.cudnn.allow_tf32)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     model_name, batch, device = args.model, args.batch_size, args.device
     if model_name not in MODEL_INPUT:
         raise ValueError(f"bench: model must be one of {sorted(MODEL_INPUT)}, got {model_name!r}")
-    threads = os.cpu_count() or 1
+    if getattr(args, "tf32", False) and device != "cuda":
+        raise UserError("bench: --tf32 needs --device cuda (a CPU computes float32 in FP32)")
+    threads, size = os.cpu_count() or 1, getattr(args, "image_size", None)
     result: dict[str, Any] = {
         "model": model_name,
         "batch": batch,
+        "image_size": _input_shape(model_name, size)[1],
         "device": device,
         "machine": device_name(device),
         "steps": args.steps,
@@ -169,14 +224,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         note = _blas_note(lib, pinned, _cpu_flags())
         if note:
             result["blas_note"] = note
-    mr_train, mr_infer, mr_sync = _minires_runner(model_name, batch, device, args.seed)
+    mr_train, mr_infer, mr_sync = _minires_runner(model_name, batch, device, args.seed, size)
     torch_runner = None
     if not args.no_torch:
         try:
-            torch_runner = _torch_runner(model_name, batch, device, args.seed, threads)
-        except ImportError:
-            result["torch"] = "not installed"
+            torch_runner = _torch_runner(model_name, batch, device, args.seed, threads, size)
+        except ImportError as e:
+            result["torch"] = "not installed" if isinstance(e, ModuleNotFoundError) else str(e)
+    if device == "cpu":
+        result["precision"] = "fp32"
+        _time(args, result, mr_train, mr_infer, mr_sync, torch_runner)
+    else:
+        with _precision(getattr(args, "tf32", False), torch_runner is not None) as fields:
+            result.update(fields)
+            _time(args, result, mr_train, mr_infer, mr_sync, torch_runner)
+    return result
 
+
+def _time(
+    args: argparse.Namespace,
+    result: dict[str, Any],
+    mr_train: Callable[[], None],
+    mr_infer: Callable[[], None],
+    mr_sync: Callable[[], None],
+    torch_runner: tuple | None,
+) -> None:
+    """Warm up, time both frameworks, and measure memory: the figures, into ``result``."""
+    batch, device = args.batch_size, args.device
     # Warm-up, then peak memory of one minires step.
     for _ in range(args.warmup):
         mr_train()
@@ -211,14 +285,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["torch_infer_img_s"] = batch / statistics.median(th_inf)
         result["train_ratio"] = result["minires_train_img_s"] / result["torch_train_img_s"]
         result["infer_ratio"] = result["minires_infer_img_s"] / result["torch_infer_img_s"]
-        result["torch_threads"] = threads
+        result["torch_threads"] = os.cpu_count() or 1
     if device == "cpu" and not args.no_memory:
         result["minires_step_rss_mb"] = _step_memory_mb("minires", args)
         if torch_runner:
             result["torch_step_rss_mb"] = _step_memory_mb("torch", args)
             if result["minires_step_rss_mb"] and result["torch_step_rss_mb"]:
                 result["memory_ratio"] = result["minires_step_rss_mb"] / result["torch_step_rss_mb"]
-    return result
 
 
 def _blas_library() -> dict[str, str]:
@@ -301,10 +374,12 @@ def _blas_note(lib: dict[str, str], pinned: str | None, cpu_flags: set[str]) -> 
 
 def report(result: dict[str, Any]) -> str:
     lines = [
-        f"minires bench: {result['model']}, batch {result['batch']}, {result['device']} "
+        f"minires bench: {result['model']}, batch {result['batch']}"
+        f"{_size_note(result)}, {result['device']} "
         f"({result['machine']}), median of {result['steps']} steps",
         *([f"NumPy's BLAS: {result['blas']}"] if "blas" in result else []),
         *([f"note: {result['blas_note']}"] if "blas_note" in result else []),
+        *([_precision_line(result)] if "minires_tf32" in result else []),
         f"{'':12}{'train img/s':>14}{'infer img/s':>14}",
         f"{'minires':12}{result['minires_train_img_s']:14.1f}{result['minires_infer_img_s']:14.1f}",
     ]
@@ -320,11 +395,42 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _size_note(result: dict[str, Any]) -> str:
+    """ ", 16x16 images" when the images are not the model's own size."""
+    size = result.get("image_size")
+    own = MODEL_INPUT.get(result["model"], (0, size))[1]
+    return f", {size}x{size} images" if size is not None and size != own else ""
+
+
+def _precision_line(result: dict[str, Any]) -> str:
+    """What precision each side was allowed, from the result's fields."""
+
+    def said(allowed: bool) -> str:
+        return "TF32 allowed" if allowed else "FP32 (TF32 off)"
+
+    line = f"precision: {result['precision'].upper()} asked; minires (CuPy's cuBLAS) " + said(
+        result["minires_tf32"]
+    )
+    if "torch_matmul_tf32" in result:
+        line += (
+            f", PyTorch matmul {said(result['torch_matmul_tf32'])}, "
+            f"cuDNN {said(result['torch_cudnn_tf32'])}"
+        )
+    if "precision_note" in result:
+        line += f" ({result['precision_note']})"
+    return line
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     positive, count, seconds = POSITIVE_INT, NONNEGATIVE_INT, NONNEGATIVE_FLOAT
     parser.add_argument("--model", default="resnet20", choices=sorted(MODEL_INPUT))
     parser.add_argument("--device", default="cpu", choices=DEVICES)
     parser.add_argument("--batch-size", type=positive, default=128)
+    parser.add_argument(
+        "--image-size",
+        type=positive,
+        help="image height and width (default: the model's own, 32 or 224)",
+    )
     parser.add_argument("--steps", type=positive, default=10, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=count, default=2)
     parser.add_argument(
@@ -335,6 +441,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=count, default=0)
     parser.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
+    parser.add_argument(
+        "--tf32",
+        action="store_true",
+        help="with --device cuda: allow TF32 in float32 matrix products on both sides "
+        "(default: FP32 on both, PyTorch's TF32 turned off)",
+    )
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     parser.add_argument("--memory-child", choices=["minires", "torch"], help=argparse.SUPPRESS)
@@ -346,7 +458,7 @@ def main(args: argparse.Namespace | None = None) -> int:
         add_arguments(parser)
         args = parser.parse_args()
     if getattr(args, "memory_child", None):
-        _memory_child(args.memory_child, args.model, args.batch_size, args.seed)
+        _memory_child(args.memory_child, args.model, args.batch_size, args.seed, args.image_size)
         return 0
     check_device(args.device)
     result = run(args)

@@ -1,4 +1,4 @@
-"""The ``minires`` command: train, eval, models, predict, gradcheck, bench.
+"""The ``minires`` command: train, eval, models, predict, gradcheck, bench, gpu-check.
 
     minires train                        ResNet-20 on the embedded digits: ~99% in ~15 s
     minires train --data cifar10 --data-dir ~/data --out runs/c10
@@ -8,14 +8,15 @@
     minires predict dog.jpg --model resnet50 --weights resnet50-0676ba61.pth   top-5 classes
     minires gradcheck                              check every op's backward, float64
     minires bench --model resnet20                 time a training step (vs PyTorch)
+    minires gpu-check                              the package's checks and timings on a GPU
 
 Exit status (EXIT_STATUS below, also in ``minires --help``): 0 done; 1
 training diverged or a gradient check failed; 2 a usage error, or a file
 problem: an option out of range, a checkpoint, weights file, image or data
 set that is missing, damaged or does not fit, an output that cannot be
-written; 130 stopped by Ctrl-C (143 by SIGTERM). Every error the user can fix
-prints one line, ``minires: error: ...``, that names the option or file, and
-never a Python traceback.
+written; 3 ``gpu-check`` found no usable GPU; 130 stopped by Ctrl-C (143 by
+SIGTERM). Every error the user can fix prints one line, ``minires: error:
+...``, that names the option or file, and never a Python traceback.
 """
 
 from __future__ import annotations
@@ -60,16 +61,20 @@ from .train.processes import (
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # EXIT_FAILED: diverged, or a gradcheck failed
+EXIT_NO_GPU = 3  # `minires gpu-check` on a machine without a usable GPU
 
 EXIT_STATUS = """\
 exit status:
   0    done
   1    training diverged (NaN or infinite loss), or a gradient check failed
+       (or a check of `minires gpu-check`)
   2    a usage error or a file problem: a bad or out-of-range option; a
        checkpoint, weights file, image or data set that is missing, damaged
        or does not fit; an output (run folder, checkpoint, metrics.jsonl,
        config.json, curves.png) that cannot be written; a missing optional
        package (Pillow for predict). One line on stderr says which.
+  3    `minires gpu-check`: no usable GPU here (no CuPy, no device, or a
+       missing CUDA library; one line says which and what to install)
   130  stopped by Ctrl-C (143: by SIGTERM); the message says which checkpoint,
        if any, a --resume continues from
 """
@@ -255,6 +260,26 @@ def _add_models_gradcheck_bench(sub: Any) -> None:
         description="See `minires bench --help`.",
     )
     b.set_defaults(func=cmd_bench)  # main() hands it the arguments it does not know
+
+    # -- gpu-check -----------------------------------------------------------
+    c = sub.add_parser(
+        "gpu-check",
+        help="run the package's checks on this machine's GPU, then time resnet20 and resnet50",
+        description="On an NVIDIA GPU: every op forward and backward against NumPy, float64 "
+        "gradient checks, a resnet20 training step against the CPU's, then `minires bench "
+        "--device cuda` for resnet20 (batch 128) and resnet50 (batch 32) against PyTorch "
+        "when it can use the GPU. Each step has a time limit; all of them take under 8 "
+        "minutes; one summary at the end, then one JSON line. Exit status 0 if every check "
+        "passed, 1 if one failed or ran out of time, 3 if there is no usable GPU here.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument(
+        "--quick", action="store_true", help="tiny sizes: tests the command, not the GPU's speed"
+    )
+    c.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
+    c.add_argument("--seed", type=NUMBER_OPTIONS["seed"], default=0)
+    c.set_defaults(func=cmd_gpu_check)
 
 
 # --------------------------------------------------------------------------- #
@@ -476,6 +501,12 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
 
     check_device(args.device)
     return EXIT_OK if selfcheck.run(args.device, args.seed) else EXIT_FAILED
+
+
+def cmd_gpu_check(args: argparse.Namespace) -> int:
+    from . import gpu_check
+
+    return gpu_check.main(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

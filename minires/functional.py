@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from . import label_check
 from .autograd import BroadcastTo, Function, IndexAdd, Tensor, as_tensor
 from .backends import get_backend, set_cpu_backend
-from .backends.device import get_array_module
+from .backends.device import get_array_module, is_cupy_array
 from .backends.layout import from_channel_major, is_channel_major, pool_out_size, to_channel_major
+from .label_check import check_labels
 
 Array = Any
 
@@ -28,6 +30,7 @@ __all__ = [
     "adaptive_avg_pool2d",
     "avg_pool2d",
     "batch_norm",
+    "check_labels",
     "conv2d",
     "cross_entropy",
     "flatten",
@@ -866,7 +869,11 @@ def cross_entropy(
     _check_float(op, "input", logits)
     xp = get_array_module(logits.data)
     labels = target.data if isinstance(target, Tensor) else target
-    labels = xp.asarray(labels)
+    on_host = not is_cupy_array(labels)
+    if on_host:
+        labels = np.asarray(labels)
+    elif xp is np:
+        raise TypeError(f"{op}: target is on the GPU but input is not; move it to the CPU")
     N, K = logits.shape
     if labels.ndim != 1 or labels.shape[0] != N:
         raise ValueError(
@@ -877,14 +884,11 @@ def cross_entropy(
         raise TypeError(f"{op}: target must hold integer class labels, got dtype {labels.dtype}")
     if not isinstance(ignore_index, (int, np.integer)) or isinstance(ignore_index, bool):
         raise TypeError(f"{op}: ignore_index must be an int, got {ignore_index!r}")
-    labels = labels.astype(xp.int64, copy=False)
-    counted = labels != ignore_index
-    if N and bool(((labels < 0) | (labels >= K))[counted].any()):
-        bad = labels[counted]
-        raise ValueError(
-            f"{op}: target labels must be in [0, {K}) (or equal ignore_index={ignore_index}), "
-            f"got values in [{int(bad.min())}, {int(bad.max())}]"
-        )
+    # Host labels are checked now, before they are copied to a GPU input's
+    # device; labels already there later, without a sync (label_check.py).
+    if on_host:
+        label_check.check_now(op, labels, K, int(ignore_index))
+    labels = xp.asarray(labels).astype(xp.int64, copy=False)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     numbers = (int, float, np.integer, np.floating)
@@ -907,5 +911,7 @@ def cross_entropy(
                 f"{op}: weight has dtype {w.dtype} but input has dtype {logits.dtype}; "
                 f"they must match (convert with .astype(np.{logits.dtype}))"
             )
+    if not on_host:
+        label_check.defer(op, labels, K, int(ignore_index))
     fn = CrossEntropyFunction(labels, w, int(ignore_index), reduction, float(label_smoothing))
     return fn(logits)

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from . import numpy_backend
+from . import cuda_libraries, numpy_backend
 from .layout import out_size, pool_out_size, span
 
 # Threads per block of the elementwise kernels, and the most blocks a launch
@@ -82,10 +82,10 @@ C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _INDEX_LIMIT = 2**31 - 1 - MAX_BLOCKS * max(THREADS, REDUCE_THREADS)
 
 _CUPY_INSTALL_HINT = (
-    'install CuPy with `pip install "minires[gpu]"` (which installs cupy-cuda12x), or pick '
-    "the CuPy wheel that matches your CUDA major version: cupy-cuda12x for CUDA 12.x, "
-    "cupy-cuda13x for CUDA 13.x, cupy-cuda11x for CUDA 11.x (`nvidia-smi` shows the "
-    "highest CUDA version your driver supports)"
+    'install CuPy with `pip install "minires[gpu]"` (cupy-cuda12x[ctk]: CuPy and the CUDA 12 '
+    "libraries, for a driver of CUDA 12.x or later), or the CuPy wheel that matches your CUDA "
+    "major version: cupy-cuda13x[ctk] for CUDA 13.x, cupy-cuda11x and the CUDA Toolkit 11.x "
+    "for CUDA 11.x (`nvidia-smi` shows the highest CUDA version your driver supports)"
 )
 
 
@@ -102,7 +102,8 @@ def _cupy() -> ModuleType:
 
 
 # A one-line kernel: if CuPy can compile it with NVRTC, launch it, pass it a
-# float scalar and read the result back, the GPU path works here.
+# float scalar and read the result back, and multiply two matrices with
+# cuBLAS, the GPU path works here.
 _PROBE_SOURCE = r"""
 extern "C" __global__ void minires_probe(float* out, float value)
 {
@@ -138,7 +139,7 @@ def _probe() -> str:
         kernel((1,), (1,), (out, np.float32(2.5)))
         value = float(out[0])  # copies back, so waits for the kernel
     except Exception as e:
-        return (
+        return cuda_libraries.explain(e, f"CuPy sees {count} GPU(s), but compiling a kernel") or (
             f"CuPy sees {count} GPU(s) but could not compile and run a one-line kernel: "
             "NVRTC or the CUDA runtime libraries are missing or do not match the driver "
             f"(CuPy's wheel must match your CUDA major version; {_CUPY_INSTALL_HINT}). "
@@ -146,6 +147,16 @@ def _probe() -> str:
         )
     if value != 2.5:
         return f"A test kernel ran on the GPU but returned {value} instead of 2.5."
+    try:  # cuBLAS is loaded at the first matrix product: try one before any work
+        a = cupy.ones((2, 2), dtype=cupy.float32)
+        total = float((a @ a).sum())
+    except Exception as e:
+        return cuda_libraries.explain(e, "A 2x2 matrix product on the GPU (cuBLAS)") or (
+            "A 2x2 matrix product on the GPU (cuBLAS) failed: "
+            f"{type(e).__name__}: {e} ({_CUPY_INSTALL_HINT})."
+        )
+    if total != 8.0:
+        return f"A 2x2 matrix product of ones on the GPU summed to {total} instead of 8."
     return ""
 
 

@@ -11,6 +11,7 @@ One module a job, in the order a reader meets them:
     build.py       the model, the optimiser, the learning-rate schedule
     step.py        train_step: forward, cross-entropy, backward, SGD step
     trainer.py     Trainer: the epoch loop, evaluation, saving, resuming
+    run_state.py   what a checkpoint holds, taken from a Trainer and given back
     distributed.py DistributedTrainer: the same loop on N processes (data parallel)
     processes.py   which trainer a command line gets; ``--nproc`` starts mpiexec
     metrics.py     an epoch's running sums and its line of metrics.jsonl
@@ -37,8 +38,12 @@ Around the textbook loop sits what makes a run trustworthy:
   which then saves a checkpoint *of that step* (resumable mid-epoch) and
   returns. A second Ctrl-C aborts at once; the last epoch's checkpoint on
   disk is untouched either way. SIGTERM (``kill``) is handled like Ctrl-C.
-* A NaN or infinite loss stops the run before the bad step is applied and
-  before anything is saved, so the last good checkpoint stays as it was.
+* A NaN or infinite loss stops the run before anything is saved from that
+  step on, so the last good checkpoint stays as it was. On the CPU it stops
+  before the bad step is applied; on a GPU, where looking at each loss would
+  make the host wait for the GPU, at the next report (a progress line, a
+  checkpoint, the end of the epoch), naming the batch. Labels on the GPU are
+  range-checked there too (F.check_labels): the loop syncs only to report.
 
 Errors a user can fix (a bad option, a missing data set, a damaged or wrong
 checkpoint, an output that cannot be written) are raised as ``UserError``

@@ -8,7 +8,7 @@ from typing import Any
 from .. import data as mdata
 from .. import functional as F
 from ..autograd import Tensor
-from ..backends.device import to_device
+from ..backends.device import get_array_module, to_device, to_numpy
 from ..grad_mode import no_grad
 from ..nn import Module
 from .build import build_model, input_channels, load_model_state
@@ -17,26 +17,38 @@ from .datasets import load_data, make_transforms
 from .errors import check_device
 from .run_folder import load_run_checkpoint
 from .saved_state import check_data
-from .step import count_correct
+from .step import correct_count
 
 
 def evaluate(model: Module, loader: mdata.DataLoader, device: str = "cpu") -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over the loader, in eval mode, without a graph."""
+    """(mean cross-entropy, accuracy) over the loader, in eval mode, without a graph.
+
+    Each batch's sums stay on the model's device until the last batch has
+    run: on a GPU, the figures are read back once (and the labels checked).
+    """
     was_training = model.training
     model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
+    losses, corrects, seen = [], [], 0
     try:
         with no_grad():
             for x, y in loader:
                 labels = to_device(y, device)
                 logits = model(Tensor(to_device(x, device)))
-                loss = F.cross_entropy(logits, labels, reduction="sum")
-                loss_sum += float(loss.item())
-                correct += count_correct(logits, labels)
+                losses.append(F.cross_entropy(logits, labels, reduction="sum").data)
+                corrects.append(correct_count(logits, labels))
                 seen += len(y)
     finally:
         model.train(was_training)
-    return loss_sum / max(seen, 1), correct / max(seen, 1)
+    if not losses:
+        return 0.0, 0.0
+    F.check_labels()
+    loss_sum, correct = 0.0, 0
+    for loss, right in zip(
+        *(to_numpy(get_array_module(a[0]).stack(a)) for a in (losses, corrects))
+    ):
+        loss_sum += float(loss)  # added in order, as numbers: the same sums as on the CPU
+        correct += int(right)
+    return loss_sum / seen, correct / seen
 
 
 def evaluate_checkpoint(

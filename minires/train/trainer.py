@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 
 from ..backends.device import to_device
+from ..functional import check_labels
 from ..nn import init as nn_init
-from .build import build_model, build_optimizer, input_channels, load_model_state
+from . import run_state
+from .build import build_model, build_optimizer, input_channels
 from .config import TrainConfig, resolve_resume_config
 from .datasets import load_data, make_loaders
 from .errors import TrainingDiverged, UserError, check_device
@@ -118,6 +120,8 @@ class Trainer:
         nn_init.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.model = build_model(cfg.model, self.data.num_classes)
+        # A GPU's figures are read at most once a second by the bar: each read waits for it.
+        self.progress.numbers_every_s = 0.0 if cfg.device == "cpu" else 1.0
         channels = input_channels(self.model)
         self.train_loader, self.test_loader = make_loaders(cfg, self.data, channels)
         if cfg.device != "cpu":
@@ -132,29 +136,7 @@ class Trainer:
 
     def _state(self) -> dict[str, Any]:
         """Everything the rest of the run depends on: what the checkpoint holds."""
-        return {
-            "config": self.cfg.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(),
-            "loader": self.train_loader.state_dict(),
-            "rng": {
-                "init": nn_init.get_generator().bit_generator.state,
-                "numpy": np.random.get_state(legacy=False),
-            },
-            "run": {
-                "epoch": self.epoch,
-                "partial": self.sums.to_dict(),
-                "train_time_s": self.train_time,
-                "finished": self.epoch >= self.cfg.epochs,
-            },
-            "data": {
-                "mean": list(self.data.mean),
-                "std": list(self.data.std),
-                "num_classes": self.data.num_classes,
-            },
-            "history": self.history,
-        }
+        return run_state.collect(self)
 
     def _resume(self, saved: dict[str, Any]) -> None:
         """Check the checkpoint against this run's fresh state, then restore it."""
@@ -167,18 +149,7 @@ class Trainer:
 
     def _restore(self, saved: dict[str, Any]) -> None:
         """The inverse of ``_state``: continue exactly where the checkpoint was taken."""
-        load_model_state(self.model, saved["model"], f"the checkpoint {str(self.ckpt_path)!r}")
-        # (Momentum buffers are copied to wherever their parameters live.)
-        self.opt.load_state_dict(saved["optimizer"])
-        self.sched.load_state_dict(saved["scheduler"])
-        self.train_loader.load_state_dict(saved["loader"])
-        nn_init.get_generator().bit_generator.state = saved["rng"]["init"]
-        np.random.set_state(saved["rng"]["numpy"])
-        run = saved["run"]
-        self.epoch = int(run["epoch"])
-        self.sums = EpochSums.from_dict(run["partial"])
-        self.train_time = float(run["train_time_s"])
-        self.history = list(saved["history"])
+        run_state.restore(self, saved)
 
     # -- the loop ---------------------------------------------------------------
 
@@ -230,26 +201,29 @@ class Trainer:
         try:
             for x, y in loader:
                 step, images = self._step(x, y)
-                if not math.isfinite(step.loss):
+                batch = loader.batch or len(loader)
+                if step.on_host and not math.isfinite(step.loss):
                     # train_step made no update: the weights in memory and the
                     # checkpoint on disk both stay at the last good state.
-                    raise self._diverged(
-                        f"the loss became {step.loss} at epoch {self.epoch + 1}, batch "
-                        f"{loader.batch or len(loader)}"
-                    )
+                    raise self._diverged(self._bad_loss(step.loss, batch))
                 lr = self.opt.param_groups[0]["lr"]  # the rate this step used
                 self.sched.step()
                 # The time since the last step ended: loading and augmenting
                 # the batch count too, evaluation does not.
                 now = time.perf_counter()
-                self._count(step, images, now - t_last, lr)
+                self._count(step, images, now - t_last, lr, batch)
                 t_last = now
                 if on_step is not None:
                     on_step(self)
                 if self._stop_signal is not None and loader.batch != 0:
                     # Stopped mid-epoch: save this step; the loader resumes at the next batch.
+                    self._read_steps()
                     self.folder.save_checkpoint(self._state())
                     return False
+            if self._read_steps():  # the GPU's time for the steps it had still queued
+                now = time.perf_counter()
+                self.sums.time_s += now - t_last
+                self.train_time += now - t_last
         finally:
             self.progress.close()
         self._end_epoch(time.perf_counter() - epoch_t0)
@@ -260,14 +234,33 @@ class Trainer:
         device = self.cfg.device
         return train_step(self.model, self.opt, to_device(x, device), to_device(y, device)), len(y)
 
-    def _count(self, step: StepResult, batch_size: int, seconds: float, lr: float) -> None:
-        """Add a step to the epoch's running sums and show them."""
+    def _count(
+        self, step: StepResult, batch_size: int, seconds: float, lr: float, batch: int
+    ) -> None:
+        """Add a step (batch number ``batch`` of the epoch) to the running sums; show them."""
         sums = self.sums
-        sums.add(step, batch_size, seconds, lr)
+        sums.add(step, batch_size, seconds, lr, batch)
         self.train_time += seconds
-        self.progress.update(
-            sums.loss_sum / sums.seen, sums.correct / sums.seen, sums.seen / sums.time_s
-        )
+
+        def numbers() -> tuple[float, float, float]:
+            self._read_steps()
+            return sums.loss_sum / sums.seen, sums.correct / sums.seen, sums.seen / sums.time_s
+
+        self.progress.step(numbers)
+
+    def _read_steps(self) -> bool:
+        """Bring the GPU's steps to the host, at a report (progress, checkpoint, epoch end)
+        only: labels checked first (a bad one makes a NaN loss), then losses. True if any."""
+        if not self.sums.unread:
+            return False
+        check_labels()
+        bad = self.sums.read()
+        if bad is not None:
+            raise self._diverged(self._bad_loss(bad[1], bad[0]))
+        return True
+
+    def _bad_loss(self, loss: float, batch: int) -> str:
+        return f"the loss became {loss} at epoch {self.epoch + 1}, batch {batch}"
 
     def _diverged(self, what: str) -> TrainingDiverged:
         saved = self.folder.describe_checkpoint()

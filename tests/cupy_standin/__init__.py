@@ -44,14 +44,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from . import counts, kernels
+from . import counts, kernels, libraries
 from .array import ndarray
 from .counts import Counts
 from .module import Device, make_cupy
 
 __all__ = ["install", "Standin", "Counts", "ndarray", "prebuild_minires_kernels"]
 
-_NAMES = ("cupy", "cupyx", "cupy.cuda", "cupy.cuda.runtime", "cupy.cuda.nccl")
+_NAMES = (
+    "cupy",
+    "cupyx",
+    "cupy.cuda",
+    "cupy.cuda.runtime",
+    "cupy.cuda.nccl",
+    "cupy._core",
+    "cupy._core._routines_linalg",
+)
 
 # Launch sizes for the kernels on CPU threads: a block is that many real
 # threads, so the backend's own 256 x 4096 would start a million threads per
@@ -79,9 +87,11 @@ def prebuild_minires_kernels(folder: Path | None = None) -> None:
 
 
 def _reset_minires_caches() -> None:
-    from minires import backends
+    from minires import backends, label_check
     from minires.backends import cuda_backend
 
+    label_check._pending.clear()  # labels of stand-in arrays, not checked yet
+    label_check._pending_rows = 0
     cuda_backend._probe.cache_clear()
     cuda_backend._module.cache_clear()
     cuda_backend._function.cache_clear()
@@ -89,15 +99,21 @@ def _reset_minires_caches() -> None:
 
 
 @contextmanager
-def install(device_count: int = 1, launch_sizes: dict | None = None) -> Iterator[Standin]:
+def install(
+    device_count: int = 1,
+    launch_sizes: dict | None = None,
+    missing_libraries: tuple[str, ...] = (),
+) -> Iterator[Standin]:
     """Make ``import cupy`` / ``import cupyx`` give the stand-in, for the ``with`` block.
 
-    minires's cached GPU probe, compiled modules and chosen CUDA backend are
-    reset on entry and again on exit, and everything replaced (sys.modules
-    entries, the backend's launch sizes) is restored, so a real CuPy used
-    later in the same process starts clean. ``launch_sizes`` replaces
-    cuda_backend's THREADS / MAX_BLOCKS / REDUCE_THREADS (default
-    CPU_LAUNCH_SIZES; pass {} to keep the backend's own).
+    minires's cached GPU probe, compiled modules, chosen CUDA backend and
+    GPU labels waiting for their check are reset on entry and again on exit,
+    and everything replaced (sys.modules entries, the backend's launch sizes)
+    is restored, so a real CuPy used later in the same process starts clean.
+    ``launch_sizes`` replaces cuda_backend's THREADS / MAX_BLOCKS /
+    REDUCE_THREADS (default CPU_LAUNCH_SIZES; pass {} to keep the backend's own).
+    ``missing_libraries`` ("nvrtc", "cublas") fail as CuPy does where they are
+    not installed (libraries.py).
     """
     from minires.backends import cuda_backend
 
@@ -114,11 +130,14 @@ def install(device_count: int = 1, launch_sizes: dict | None = None) -> Iterator
             "cupy.cuda": cupy.cuda,
             "cupy.cuda.runtime": cupy.cuda.runtime,
             "cupy.cuda.nccl": cupy.cuda.nccl,
+            "cupy._core": cupy._core,
+            "cupy._core._routines_linalg": cupy._core._routines_linalg,
         }
     )
     for name, value in sizes.items():
         setattr(cuda_backend, name, value)
     counts.CURRENT, Device.count, Device.current = standin.counts, device_count, 0
+    libraries.MISSING.update(missing_libraries)
     _reset_minires_caches()
     try:
         yield standin
@@ -131,4 +150,5 @@ def install(device_count: int = 1, launch_sizes: dict | None = None) -> Iterator
         for name, value in saved_sizes.items():
             setattr(cuda_backend, name, value)
         counts.CURRENT, (Device.count, Device.current) = saved_counts, saved_devices
+        libraries.MISSING.clear()
         _reset_minires_caches()

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from . import libraries
 from .counts import record
 
 PY_SCALARS = (bool, int, float, complex)
@@ -207,6 +208,7 @@ def matmul(a: Any, b: Any, out: Any = None, what: str = "matmul") -> Any:
     _gemm_operand(a)
     _gemm_operand(b)
     given, outs = _out(out)
+    libraries.load("cublas")
     record("cublas", what)
     r = np.matmul(a._a, b._a, out=None if outs is None else outs[0])
     return given if given is not None else wrap(r)
@@ -235,6 +237,26 @@ def _index(key: Any) -> tuple[tuple, bool, bool]:
     if not any(item is Ellipsis for item in out):
         out.append(Ellipsis)
     return tuple(out), advanced, mask
+
+
+def _wrapped(index: tuple, shape: tuple[int, ...]) -> tuple:
+    """``index`` with its integer arrays taken modulo their axis's length.
+
+    CuPy's integer array indexing wraps out-of-bounds indices around where
+    NumPy raises IndexError ("Differences between CuPy and NumPy"), so a
+    gather with a bad index reads a wrong element and goes on: modelled here.
+    """
+    out, axis = [], 0
+    for item in index:
+        if item is Ellipsis:  # the axes after it are counted from the end: left as given
+            return (*out, *index[len(out) :])
+        if isinstance(item, np.ndarray) and item.dtype.kind in "iu" and axis < len(shape):
+            out.append(np.mod(item, max(shape[axis], 1)))
+        else:
+            out.append(item)
+        if item is not None:
+            axis += item.ndim if isinstance(item, np.ndarray) and item.dtype == np.bool_ else 1
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------
@@ -335,6 +357,7 @@ class ndarray:  # noqa: N801 (CuPy's name)
             record("sync", "boolean-mask index")
         if advanced:
             record("elementwise", "gather (fancy index)")
+            index = _wrapped(index, self._a.shape)
         return wrap(self._a[index])
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -345,7 +368,7 @@ class ndarray:  # noqa: N801 (CuPy's name)
         else:
             value = operand(value)
         record("elementwise", "setitem")
-        self._a[index] = value
+        self._a[_wrapped(index, self._a.shape) if advanced else index] = value
 
     # -- copies and kernels ------------------------------------------------
     def copy(self, order: str = "C") -> ndarray:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from . import libraries
 from .array import check_guards, ndarray, unsupported
 from .counts import record
 
@@ -125,6 +126,7 @@ class RawModule:
             raise NotImplementedError("cupy stand-in: RawModule(path=...) is not modelled")
         self.code = code
         self.name_expressions = tuple(name_expressions or ())
+        libraries.load("nvrtc")
         self._lib = library(code)  # NVRTC compiles when the module is loaded; so here
 
     def get_function(self, name: str) -> Function:
@@ -148,5 +150,6 @@ class RawKernel:
 
     def __call__(self, grid: tuple, block: tuple, args: tuple, **kwargs: Any) -> None:
         if self._function is None:
+            libraries.load("nvrtc")
             self._function = _function(library(self.code), self.name, self.name)
         self._function(grid, block, args, **kwargs)

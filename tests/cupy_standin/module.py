@@ -13,12 +13,14 @@ each call counted as the kernels a GPU would run (counts.py).
 
 from __future__ import annotations
 
+import os
+import warnings
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import numpy as np
 
-from . import kernels, nccl
+from . import kernels, libraries, nccl
 from .array import (
     device_array,
     elementwise,
@@ -221,6 +223,7 @@ def dot(a: Any, b: Any, out: Any = None) -> Any:
 def tensordot(a: Any, b: Any, axes: Any = 2) -> Any:
     a, b = device_array(a, "cupy.tensordot"), device_array(b, "cupy.tensordot")
     record("copy", "tensordot operands")  # CuPy transposes both operands to 2-D first
+    libraries.load("cublas")
     record("cublas", "tensordot")
     return wrap(np.tensordot(a._a, b._a, axes))
 
@@ -230,6 +233,7 @@ def einsum(subscripts: str, *operands: Any, **kwargs: Any) -> Any:
     if unknown:  # CuPy's einsum has no out, order or casting
         raise TypeError(f"Did not understand the following kwargs: {unknown}")
     arrays = [device_array(a, "cupy.einsum")._a for a in operands]
+    libraries.load("cublas")
     record("cublas", f"einsum {subscripts}")
     return wrap(np.einsum(subscripts, *arrays, **kwargs))
 
@@ -402,6 +406,41 @@ def scatter_add(a: Any, slices: Any, value: Any) -> None:
     np.add.at(a._a, index, operand(value) if not isinstance(value, np.ndarray) else value)
 
 
+def _routines_linalg() -> ModuleType:
+    """``cupy._core._routines_linalg``'s compute types: whether float32 products use TF32.
+
+    As CuPy: decided per dtype at first use, TF32 for float32 when CUPY_TF32 > 0;
+    ``set_compute_type`` keeps the default (with a warning) below compute
+    capability 8.0. Only the choice is modelled: the products stay NumPy's.
+    """
+    default, tf32 = 1, 7
+    chosen: dict[str, int] = {}
+
+    def get_compute_type(dtype: Any) -> int:
+        char = np.dtype(dtype).char
+        if char not in chosen:
+            use_tf32 = char in "fF" and int(os.getenv("CUPY_TF32", "0")) > 0
+            chosen[char] = tf32 if use_tf32 else default
+        return chosen[char]
+
+    def set_compute_type(dtype: Any, compute_type: int) -> None:
+        if compute_type == tf32 and int(Device.compute_capability) < 80:
+            warnings.warn(
+                "COMPUTE_TYPE_BF16 and COMPUTE_TYPE_TF32 are only available on GPUs with "
+                "compute capability 8.0 or higher. COMPUTE_TYPE_DEFAULT will be used instead.",
+                stacklevel=2,
+            )
+            compute_type = default
+        chosen[np.dtype(dtype).char] = compute_type
+
+    return _module(
+        "cupy._core._routines_linalg",
+        "cuBLAS's compute types",
+        get_compute_type=get_compute_type,
+        set_compute_type=set_compute_type,
+    )
+
+
 def _module(name: str, doc: str, **attrs: Any) -> ModuleType:
     m = ModuleType(name, doc)
 
@@ -509,6 +548,8 @@ def make_cupy() -> tuple[ModuleType, ModuleType]:
         **{name: getattr(np, name) for name in _DTYPES},
         **_FUNCTIONS,
     )
+    linalg = _routines_linalg()
+    cupy._core = _module("cupy._core", "CuPy's core", __path__=[], _routines_linalg=linalg)
     cupyx = _module("cupyx", "cupyx, as far as minires uses it", scatter_add=scatter_add)
     return cupy, cupyx
 
