@@ -59,6 +59,7 @@ def _random_resnet18_state(num_classes: int = 1000, seed: int = 0) -> dict[str, 
     and an fc layer scaled so that the logits spread (std ~6 on the test image):
     top-5 probabilities far from 1/1000 and from ties."""
     rng = np.random.default_rng(seed)
+    mr.manual_seed(seed)  # the same initial weights whatever ran before in this process
     model = mr.models.resnet18(num_classes=num_classes)
     state = {}
     for name, v in model.state_dict().items():
