@@ -131,6 +131,33 @@ def test_batch_norm(kernels, dtype, C, M, running, momentum, launch, seed):
     run_checks(kernels, launch, "batch_norm", rng, dtype, C, M, running, momentum)
 
 
+sgd_hyper = st.one_of(
+    st.tuples(  # (lr, momentum, dampening, weight_decay, nesterov, maximize)
+        st.sampled_from([0.1, 0.01]),
+        st.sampled_from([0.0, 0.9]),
+        st.sampled_from([0.0, 0.3]),
+        st.sampled_from([0.0, 5e-4]),
+        st.just(False),
+        st.booleans(),
+    ),
+    st.tuples(
+        st.just(0.05), st.just(0.9), st.just(0.0), st.just(1e-4), st.just(True), st.booleans()
+    ),
+)
+
+
+@dtypes
+@given(
+    sizes=st.lists(st.integers(0, 40), min_size=1, max_size=6),
+    hyper=sgd_hyper,
+    launch=launch_sizes,
+    seed=seeds,
+)
+def test_sgd_step(kernels, dtype, sizes, hyper, launch, seed):
+    rng = np.random.default_rng(seed)
+    run_checks(kernels, launch, "sgd", rng, dtype, sizes, hyper)
+
+
 @dtypes
 @given(
     shape=st.lists(st.integers(1, 5), min_size=1, max_size=4).map(tuple),

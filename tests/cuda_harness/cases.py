@@ -93,6 +93,50 @@ class BackendChecks:
 
     # -- the checks ----------------------------------------------------------
 
+    def sgd(
+        self,
+        rng: np.random.Generator,
+        dtype: Any,
+        sizes: list[int],
+        hyper: tuple[float, float, float, float, bool, bool],
+        steps: int = 3,
+    ):
+        """sgd_step (every parameter in one launch) against optim.sgd_update
+        (the textbook rule, parameter by parameter), over several steps: the
+        first creates the momentum buffers, the later ones update them. The
+        kernel rounds each product on its own, so the results are NumPy's
+        bits, not just close. One parameter joins only at the second step
+        (its buffer is created while the others are updated)."""
+        from minires.optim import sgd_update
+
+        params = [rng.standard_normal(n).astype(dtype) for n in sizes]
+        late = len(params) // 2  # gets no gradient at the first step
+        buffers: list[Any] = [None] * len(params)
+        dev_params = [self.dev.to_device(p) for p in params]
+        dev_buffers: list[Any] = [None] * len(params)
+        for step in range(steps):
+            which = [i for i in range(len(params)) if step > 0 or i != late]
+            grads = {i: rng.standard_normal(sizes[i]).astype(dtype) for i in which}
+            for i in which:
+                buffers[i] = sgd_update(params[i], grads[i], buffers[i], *hyper)
+            dev_grads = [self.dev.to_device(grads[i]) for i in which]
+            new = self.cb.sgd_step(
+                [dev_params[i] for i in which], dev_grads, [dev_buffers[i] for i in which], *hyper
+            )
+            for i, g, dev_g in zip(which, (grads[i] for i in which), dev_grads):
+                np.testing.assert_array_equal(
+                    self._host(dev_g), g, err_msg="sgd_step changed a grad"
+                )
+            for i, buf in zip(which, new):
+                dev_buffers[i] = buf
+            for i in range(len(params)):
+                what = f"sgd_step, step {step}, parameter {i}"
+                np.testing.assert_array_equal(self._host(dev_params[i]), params[i], err_msg=what)
+                if buffers[i] is None:
+                    assert dev_buffers[i] is None, what
+                else:
+                    np.testing.assert_array_equal(self._host(dev_buffers[i]), buffers[i], what)
+
     def im2col(
         self, rng: np.random.Generator, dtype: Any, C, N, H, W, kh, kw, sh, sw, ph, pw, dh=1, dw=1
     ):
