@@ -29,6 +29,7 @@ __all__ = [
     "adaptive_avg_pool2d",
     "avg_pool2d",
     "batch_norm",
+    "batch_norm_relu",
     "conv2d",
     "cross_entropy",
     "flatten",
@@ -354,14 +355,19 @@ class BatchNormFunction(Function):
 
     Training: batch statistics, and the running statistics updated in place.
     Evaluation: the running statistics, so y is an affine map of x.
+    With relu=True the output is relu(y), the ReLU fused in (F.batch_norm_relu):
+    on a GPU the normalisation writes relu(y) directly and backward takes the
+    gradient through both in the same passes.
     """
 
     saved_inputs = (1,)  # gamma (x enters backward as xhat)
 
-    def __init__(self, running_mean, running_var, training, momentum, eps, affine):
+    def __init__(self, running_mean, running_var, training, momentum, eps, affine, relu=False):
         self.running_mean, self.running_var = running_mean, running_var
         self.training, self.momentum, self.eps = training, momentum, eps
-        self.affine = affine
+        self.affine, self.relu = affine, relu
+        if relu:  # backward reads the output, as ReLUFunction's does
+            self.saved_outputs = (0,)
 
     def forward(self, x: Array, gamma: Array, beta: Array) -> Array:
         xp = get_array_module(x)
@@ -378,7 +384,14 @@ class BatchNormFunction(Function):
         if self.training:
             self.backend = get_backend(x)
             y2, self.xhat, self.inv_std = self.backend.batch_norm_forward(
-                x2, gamma, beta, self.eps, self.running_mean, self.running_var, self.momentum
+                x2,
+                gamma,
+                beta,
+                self.eps,
+                self.running_mean,
+                self.running_var,
+                self.momentum,
+                relu=self.relu,
             )
         else:
             self.inv_std = 1.0 / xp.sqrt(self.running_var + self.eps)
@@ -389,7 +402,10 @@ class BatchNormFunction(Function):
             self.xhat, self.shift = None, self.running_mean.copy()
             if self.affine and self.needs_input_grad[1]:
                 self.xhat = (x2 - self.running_mean[:, None]) * self.inv_std[:, None]
+            if self.relu:
+                y2 = xp.maximum(y2, 0)  # relu_forward's values
         self.gamma = gamma
+        self.y2 = y2 if self.relu else None  # backward's ReLU mask
         self.running_mean = self.running_var = None  # not needed by backward
         return from_channel_major(y2.reshape(xc.shape))
 
@@ -399,9 +415,11 @@ class BatchNormFunction(Function):
         gy2 = gyc.reshape(C, -1)
         if self.training:
             gx2, ggamma, gbeta = self.backend.batch_norm_backward(
-                gy2, self.xhat, self.gamma, self.inv_std
+                gy2, self.xhat, self.gamma, self.inv_std, y=self.y2
             )
         else:
+            if self.relu:
+                gy2 = gy2 * (self.y2 > 0)  # relu_backward
             gx2 = gy2 * (self.gamma * self.inv_std)[:, None]
             gbeta = gy2.sum(axis=1)
             ggamma = None if self.xhat is None else (gy2 * self.xhat).sum(axis=1)
@@ -414,6 +432,9 @@ class BatchNormFunction(Function):
         """The same gradients with Tensor operations on x and gamma; in training
         the statistics are recomputed from x, since they depend on it too."""
         x, gamma = self.inputs[:2]
+        if self.relu:  # through the fused ReLU first: its mask is a constant
+            y = self.y2.reshape(x.shape[1], x.shape[0], *x.shape[2:]).swapaxes(0, 1)
+            gy = gy * gy.new_tensor((y > 0).astype(y.dtype))
         dims = (0, *range(2, x.ndim))  # every axis but the channels
         shape = (1, -1) + (1,) * (x.ndim - 2)
         if self.training:
@@ -432,6 +453,28 @@ class BatchNormFunction(Function):
         return (gx, ggamma, gbeta) if self.affine else (gx, None, None)
 
 
+def batch_norm_relu(
+    input: Tensor,
+    running_mean: Array | None,
+    running_var: Array | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """relu(batch_norm(...)) with the same arguments, as one fused op.
+
+    The same numbers as the two ops in a row, forward and backward. On a GPU
+    it is two launches and one pass over memory fewer each way (the ReLU is
+    applied as BatchNorm writes its output, and its mask as BatchNorm's
+    backward reads the gradient), and the pre-ReLU activation is never
+    stored. The residual blocks use it wherever BN is followed by a ReLU.
+    """
+    args = (input, running_mean, running_var, weight, bias, training, momentum, eps)
+    return _batch_norm("batch_norm_relu", True, *args)
+
+
 def batch_norm(
     input: Tensor,
     running_mean: Array | None,
@@ -448,7 +491,23 @@ def batch_norm(
     training (unbiased variance, as PyTorch). In evaluation they are used in
     place of the batch statistics, and must be given.
     """
-    op = "batch_norm"
+    args = (input, running_mean, running_var, weight, bias, training, momentum, eps)
+    return _batch_norm("batch_norm", False, *args)
+
+
+def _batch_norm(
+    op: str,
+    relu: bool,
+    input: Tensor,
+    running_mean: Array | None,
+    running_var: Array | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+) -> Tensor:
+    """batch_norm's checks, then one BatchNormFunction (relu: the ReLU fused in)."""
     x = as_tensor(input)
     if not 2 <= x.ndim <= 4:
         raise ValueError(f"{op}: input must be 2-D to 4-D (N, C, ...), got shape {x.shape}")
@@ -477,7 +536,9 @@ def batch_norm(
     for name, v in (("weight", gamma), ("bias", beta)):
         _check_vector(op, name, v, C)
         _check_dtype(op, name, v, x)
-    fn = BatchNormFunction(running_mean, running_var, training, float(momentum), float(eps), affine)
+    fn = BatchNormFunction(
+        running_mean, running_var, training, float(momentum), float(eps), affine, relu
+    )
     return fn(x, gamma, beta)
 
 

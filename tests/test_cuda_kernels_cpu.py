@@ -123,12 +123,23 @@ def test_conv2d_groups_and_dilation(
     M=st.integers(1, 200),
     running=st.booleans(),
     momentum=st.sampled_from([0.1, 0.01, 1.0]),
+    relu=st.booleans(),
+    per_thread=st.sampled_from([1, 3, 10**6]),
     launch=launch_sizes,
     seed=seeds,
 )
-def test_batch_norm(kernels, dtype, C, M, running, momentum, launch, seed):
+def test_batch_norm(kernels, dtype, C, M, running, momentum, relu, per_thread, launch, seed):
+    """per_thread sets BN_MIN_PER_THREAD: 1 cuts every row into as many
+    chunks as the block has threads (up to 200 chunks per channel, combined
+    by the last block), 10**6 keeps one chunk per channel."""
     rng = np.random.default_rng(seed)
-    run_checks(kernels, launch, "batch_norm", rng, dtype, C, M, running, momentum)
+    saved = cuda_backend.BN_MIN_PER_THREAD
+    cuda_backend.BN_MIN_PER_THREAD = per_thread
+    try:
+        args = (rng, dtype, C, M, running, momentum)
+        run_checks(kernels, launch, "batch_norm", *args, relu=relu)
+    finally:
+        cuda_backend.BN_MIN_PER_THREAD = saved
 
 
 sgd_hyper = st.one_of(

@@ -38,6 +38,7 @@ arrays and the same kernels compiled for the CPU by a C++ compiler.
 from __future__ import annotations
 
 import functools
+import weakref
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -57,6 +58,11 @@ MAX_BLOCKS = 4096
 # of two, at most BN_MAX_THREADS (the size of their shared arrays).
 REDUCE_THREADS = 256
 BN_MAX_THREADS = 256
+# The chunked BatchNorm reductions aim at about BN_BLOCKS blocks per launch
+# (an H100 or H200 runs 132 SMs x 8 blocks of 256 threads at once), with at
+# least BN_MIN_PER_THREAD values for each thread of a block.
+BN_BLOCKS = 1024
+BN_MIN_PER_THREAD = 4
 
 # The kernels of each .cu file (its stem) that cuda_backend launches. Each is
 # compiled for T = float and T = double. tests/test_cuda_kernels_cpu.py checks
@@ -66,7 +72,6 @@ KERNELS: dict[str, tuple[str, ...]] = {
     "batch_norm": (
         "batch_norm_stats",
         "batch_norm_apply",
-        "batch_norm_update_running",
         "batch_norm_backward_reduce",
         "batch_norm_backward_apply",
     ),
@@ -280,17 +285,6 @@ def _launch(name: str, dtype: np.dtype, n: int, args: tuple) -> None:
     _kernel(name, dtype)((blocks,), (THREADS,), args)
 
 
-def _launch_per_channel(name: str, dtype: np.dtype, C: int, M: int, args: tuple) -> None:
-    """Launch a per-channel reduction: one block of REDUCE_THREADS per channel."""
-    if C == 0:
-        return
-    threads = REDUCE_THREADS
-    if threads > BN_MAX_THREADS or threads & (threads - 1):
-        raise ValueError(f"REDUCE_THREADS must be a power of two <= {BN_MAX_THREADS}")
-    _check_size(C * M)
-    _kernel(name, dtype)((min(C, MAX_BLOCKS),), (threads,), args)
-
-
 # --------------------------------------------------------------------------
 # im2col / col2im
 # --------------------------------------------------------------------------
@@ -374,6 +368,47 @@ def conv2d_backward(gy: Any, saved: tuple, needs_grad: tuple) -> tuple[Any, ...]
 # --------------------------------------------------------------------------
 
 
+def _chunks(C: int, M: int) -> int:
+    """Values per chunk of a BatchNorm row, so that C * K chunks (one block
+    each) fill the GPU: about BN_BLOCKS blocks in all, but no fewer than
+    BN_MIN_PER_THREAD values per thread of a block (below that, the partial
+    results cost more than the reduction they split)."""
+    per_block = REDUCE_THREADS * BN_MIN_PER_THREAD
+    K = max(1, min(-(-M // per_block), -(-BN_BLOCKS // max(C, 1))))
+    return max(1, -(-M // K))
+
+
+def _done_counters(C: int) -> Any:
+    """The zeroed int32 counters (one per channel) of the last-block reductions
+    of batch_norm.cu, allocated once per (array module, GPU) and grown as
+    needed; each kernel leaves them at zero for the next."""
+    cp = _cupy()
+    device_id = cp.cuda.Device().id if hasattr(cp, "cuda") else 0
+    per_device = _COUNTERS.setdefault(cp, {})
+    counters = per_device.get(device_id)
+    if counters is None or counters.size < C:
+        counters = per_device[device_id] = cp.zeros(max(C, 1024), dtype=np.int32)
+    return counters
+
+
+# By array module (CuPy, or what the tests put in its place), then by GPU.
+_COUNTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _launch_chunks(name: str, dtype: np.dtype, C: int, M: int, chunk: int, args: tuple) -> None:
+    """Launch a chunked per-channel reduction: one block of REDUCE_THREADS per
+    chunk of a row (C * ceil(M / chunk) of them, capped at MAX_BLOCKS; a
+    grid-stride loop covers the rest)."""
+    if C == 0 or M == 0:
+        return
+    threads = REDUCE_THREADS
+    if threads > BN_MAX_THREADS or threads & (threads - 1):
+        raise ValueError(f"REDUCE_THREADS must be a power of two <= {BN_MAX_THREADS}")
+    _check_size(C * M)
+    blocks = C * -(-M // chunk)
+    _kernel(name, dtype)((min(blocks, MAX_BLOCKS),), (threads,), args)
+
+
 def batch_norm_forward(
     x: Any,
     gamma: Any,
@@ -382,13 +417,17 @@ def batch_norm_forward(
     running_mean: Any | None,
     running_var: Any | None,
     momentum: float,
+    *,
+    relu: bool = False,
 ) -> tuple[Any, Any, Any]:
     """Normalise each row of x (C, M) with its own mean and variance.
 
-    Returns (y, xhat, inv_std): y and xhat (C, M), inv_std (C,). When
-    running_mean is given, running_mean and running_var (C,) are updated in
-    place with the unbiased batch variance. Three launches: per-channel
-    statistics, the elementwise normalisation, the running-stat update.
+    Returns (y, xhat, inv_std): y and xhat (C, M), inv_std (C,); with
+    relu=True, y = max(gamma * xhat + beta, 0). When running_mean is given,
+    running_mean and running_var (C,) are updated in place with the unbiased
+    batch variance. Two launches: the statistics (many blocks per channel,
+    combined by the last; the running statistics updated there too), then
+    the elementwise normalisation.
     """
     cp = _cupy()
     x = _float_array(x, "batch_norm_forward: x")
@@ -399,35 +438,50 @@ def batch_norm_forward(
     mean = cp.empty(C, dtype=T)
     var = cp.empty(C, dtype=T)
     inv_std = cp.empty(C, dtype=T)
-    _launch_per_channel(
-        "batch_norm_stats", T, C, M, (x, mean, var, inv_std, *_ints(C, M), T.type(eps))
-    )
-    y = cp.empty((C, M), dtype=T)
-    xhat = cp.empty((C, M), dtype=T)
-    _launch("batch_norm_apply", T, C * M, (x, mean, inv_std, gamma, beta, y, xhat, *_ints(C, M)))
-    if running_mean is not None:
+    update = running_mean is not None
+    if update:
         # Updated in place, so they must be usable as they are: a contiguous
         # copy would receive the update and be thrown away.
         for name, r in (("running_mean", running_mean), ("running_var", running_var)):
             _float_array(r, f"batch_norm_forward: {name}", T)
             if not r.flags.c_contiguous:
                 raise ValueError(f"batch_norm_forward: {name} must be C-contiguous")
-        _launch(
-            "batch_norm_update_running",
-            T,
-            C,
-            (mean, var, running_mean, running_var, *_ints(C, M), T.type(momentum)),
-        )
+    chunk = _chunks(C, M)
+    K = -(-M // chunk)
+    partial_sum, partial_m2 = cp.empty(C * K, dtype=T), cp.empty(C * K, dtype=T)
+    # Without running statistics the kernel writes none: mean and var stand in.
+    running = (running_mean, running_var) if update else (mean, var)
+    _launch_chunks(
+        "batch_norm_stats",
+        T,
+        C,
+        M,
+        chunk,
+        (x, partial_sum, partial_m2, _done_counters(C), mean, var, inv_std, *running)
+        + (*_ints(C, M, chunk), T.type(eps), T.type(momentum), *_ints(update)),
+    )
+    y = cp.empty((C, M), dtype=T)
+    xhat = cp.empty((C, M), dtype=T)
+    _launch(
+        "batch_norm_apply",
+        T,
+        C * M,
+        (x, mean, inv_std, gamma, beta, y, xhat, *_ints(C, M, relu)),
+    )
     return y, xhat, inv_std
 
 
-def batch_norm_backward(gy: Any, xhat: Any, gamma: Any, inv_std: Any) -> tuple[Any, Any, Any]:
+def batch_norm_backward(
+    gy: Any, xhat: Any, gamma: Any, inv_std: Any, *, y: Any | None = None
+) -> tuple[Any, Any, Any]:
     """Gradients of y = gamma * xhat + beta, xhat = (x - mean(x)) * inv_std.
 
     gy, xhat (C, M) -> (gx (C, M), ggamma (C,), gbeta (C,)), with
-        gbeta  = sum(gy),  ggamma = sum(gy * xhat),
-        gx     = gamma * inv_std * (gy - gbeta/M - xhat * ggamma/M).
-    Two launches: the per-channel sums, then the elementwise formula.
+        gbeta  = sum(g),  ggamma = sum(g * xhat),
+        gx     = gamma * inv_std * (g - gbeta/M - xhat * ggamma/M),
+    where g = gy, or, given the output y of a forward with relu=True,
+    g = gy * (y > 0): the gradient through the fused ReLU. Two launches: the
+    per-channel sums (many blocks per channel), then the elementwise formula.
     """
     cp = _cupy()
     gy = _float_array(gy, "batch_norm_backward: gy")
@@ -435,18 +489,33 @@ def batch_norm_backward(gy: Any, xhat: Any, gamma: Any, inv_std: Any) -> tuple[A
     xhat = _float_array(xhat, "batch_norm_backward: xhat", T)
     gamma = _float_array(gamma, "batch_norm_backward: gamma", T)
     inv_std = _float_array(inv_std, "batch_norm_backward: inv_std", T)
+    relu = y is not None
+    y = _float_array(y, "batch_norm_backward: y", T) if relu else gy  # gy: unread
     C, M = gy.shape
+    if relu and y.shape != gy.shape:
+        raise ValueError(f"batch_norm_backward: y has shape {y.shape}, gy {gy.shape}")
     gbeta = cp.empty(C, dtype=T)
     ggamma = cp.empty(C, dtype=T)
-    _launch_per_channel(
-        "batch_norm_backward_reduce", T, C, M, (gy, xhat, gbeta, ggamma, *_ints(C, M))
+    chunk = _chunks(C, M)
+    K = -(-M // chunk)
+    partials = (cp.empty(C * K, dtype=T), cp.empty(C * K, dtype=T))
+    _launch_chunks(
+        "batch_norm_backward_reduce",
+        T,
+        C,
+        M,
+        chunk,
+        (gy, y, xhat, *partials, _done_counters(C), gbeta, ggamma, *_ints(C, M, chunk, relu)),
     )
+    if M == 0:  # no chunk to reduce: the sums are empty
+        gbeta.fill(0)
+        ggamma.fill(0)
     gx = cp.empty((C, M), dtype=T)
     _launch(
         "batch_norm_backward_apply",
         T,
         C * M,
-        (gy, xhat, gamma, inv_std, gbeta, ggamma, gx, *_ints(C, M)),
+        (gy, y, xhat, gamma, inv_std, gbeta, ggamma, gx, *_ints(C, M, relu)),
     )
     return gx, ggamma, gbeta
 

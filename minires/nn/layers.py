@@ -122,7 +122,9 @@ class BatchNorm2d(Module):
         else:
             self.running_mean = self.running_var = None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, relu: bool = False) -> Tensor:
+        """BatchNorm of x (N, C, H, W); with relu=True, relu of it as one fused
+        op (F.batch_norm_relu: the same numbers, fewer passes over memory)."""
         if x.ndim != 4:
             raise ValueError(f"BatchNorm2d: expected 4-D input (N, C, H, W), got shape {x.shape}")
         use_batch_stats = self.training or not self.track_running_stats
@@ -132,7 +134,7 @@ class BatchNorm2d(Module):
             if self.momentum is None:
                 momentum = 1.0 / float(self.num_batches_tracked)
         track = self.track_running_stats and self.training
-        return F.batch_norm(
+        return (F.batch_norm_relu if relu else F.batch_norm)(
             x,
             self.running_mean if (track or not use_batch_stats) else None,
             self.running_var if (track or not use_batch_stats) else None,

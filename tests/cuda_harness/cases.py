@@ -183,7 +183,11 @@ class BackendChecks:
         running: bool,
         momentum: float = 0.1,
         eps: float = 1e-5,
+        relu: bool = False,
     ):
+        """Forward and backward, with or without the fused ReLU, against
+        numpy_backend; with relu=True also against bn-then-relu done in two
+        steps (numpy_backend's relu_forward and relu_backward)."""
         # Off-centre, scaled data and gamma far from 1 (a test with gamma = 1
         # and centred data cannot see half the mistakes a backward can make).
         x = (rng.standard_normal((C, M)) * 3 + 2).astype(dtype)
@@ -194,12 +198,17 @@ class BackendChecks:
         rm_exp = None if rm is None else rm.copy()
         rv_exp = None if rv is None else rv.copy()
         y_exp, xhat_exp, inv_std_exp = nb.batch_norm_forward(
-            x, gamma, beta, eps, rm_exp, rv_exp, momentum
+            x, gamma, beta, eps, rm_exp, rv_exp, momentum, relu=relu
         )
+        if relu:  # the fused twin is bn then relu, to the bit
+            y_plain = nb.batch_norm_forward(x, gamma, beta, eps, None, None, momentum)[0]
+            np.testing.assert_array_equal(y_exp, nb.relu_forward(y_plain))
         x_d, g_d, b_d = (self.dev.to_device(a) for a in (x, gamma, beta))
         rm_d = None if rm is None else self.dev.to_device(rm)
         rv_d = None if rv is None else self.dev.to_device(rv)
-        y, xhat, inv_std = self.cb.batch_norm_forward(x_d, g_d, b_d, eps, rm_d, rv_d, momentum)
+        y, xhat, inv_std = self.cb.batch_norm_forward(
+            x_d, g_d, b_d, eps, rm_d, rv_d, momentum, relu=relu
+        )
         for name, before, after in (("x", x, x_d), ("gamma", gamma, g_d), ("beta", beta, b_d)):
             np.testing.assert_array_equal(self._host(after), before, err_msg=f"bn changed {name}")
         assert_close(self._host(y), y_exp, "batch_norm_forward y")
@@ -211,7 +220,21 @@ class BackendChecks:
 
         gy = rng.standard_normal((C, M)).astype(dtype)
         grads = ("gx", "ggamma", "gbeta")
-        self._compare("batch_norm_backward", gy, xhat_exp, gamma, inv_std_exp, outputs=grads)
+        if not relu:
+            self._compare("batch_norm_backward", gy, xhat_exp, gamma, inv_std_exp, outputs=grads)
+            return
+        expected = nb.batch_norm_backward(gy, xhat_exp, gamma, inv_std_exp, y=y_exp)
+        two_steps = nb.batch_norm_backward(
+            nb.relu_backward(gy, y_exp), xhat_exp, gamma, inv_std_exp
+        )
+        for e, t in zip(expected, two_steps):
+            np.testing.assert_array_equal(e, t)
+        actual, _ = self._run(
+            lambda *a: self.cb.batch_norm_backward(*a[:4], y=a[4]),
+            gy, xhat_exp, gamma, inv_std_exp, y_exp,
+        )  # fmt: skip
+        for what, a, e in zip(grads, actual, expected):
+            assert_close(self._host(a), e, f"batch_norm_backward (relu) {what}")
 
     def relu(self, rng: np.random.Generator, dtype: Any, shape: tuple[int, ...]):
         x = rng.standard_normal(shape).astype(dtype)
