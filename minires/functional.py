@@ -738,13 +738,16 @@ class GlobalAvgPoolFunction(Function):
     saved_inputs = ()
 
     def forward(self, x: Array) -> Array:
-        self.shape = x.shape
+        self.shape, self.channel_major = x.shape, is_channel_major(x)
         return x.mean(axis=(2, 3), keepdims=True)
 
     def backward(self, gy: Array) -> Array:
-        H, W = self.shape[2:]
+        N, C, H, W = self.shape
         xp = get_array_module(gy)
-        return xp.broadcast_to(gy / (H * W), self.shape).copy()
+        g = gy / (H * W)
+        if self.channel_major:  # the gradient in x's layout: no copy downstream
+            return from_channel_major(xp.broadcast_to(g.swapaxes(0, 1), (C, N, H, W)).copy())
+        return xp.broadcast_to(g, self.shape).copy()
 
     def differentiable_backward(self, gy: Tensor) -> Tensor:
         return BroadcastTo(self.shape)(gy / (self.shape[2] * self.shape[3]))

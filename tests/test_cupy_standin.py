@@ -211,10 +211,10 @@ def test_backend_contract(gpu, dtype):
 # --------------------------------------------------------------------------
 
 
-def _bn(x, w, train=True):
+def _bn(x, w, train=True, fn=F.batch_norm):
     C = x.shape[1]
     rm, rv = w.data[:C, 0, 0, 0] * 0 + 0.5, w.data[:C, 0, 0, 0] * 0 + 2.0
-    return F.batch_norm(x, rm, rv, w[:C, 0, 0, 0] + 1.5, w[:C, 0, 1, 1], training=train), rm, rv
+    return fn(x, rm, rv, w[:C, 0, 0, 0] + 1.5, w[:C, 0, 1, 1], training=train), rm, rv
 
 
 OPS = {
@@ -224,6 +224,8 @@ OPS = {
     "conv_1x1_s2": lambda x, w: F.conv2d(x, w[:, :, 1:2, 1:2], stride=2),
     "bn_train": lambda x, w: _bn(x, w, True)[0],
     "bn_eval": lambda x, w: _bn(x, w, False)[0],
+    "bn_relu_train": lambda x, w: _bn(x, w, True, F.batch_norm_relu)[0],
+    "bn_relu_eval": lambda x, w: _bn(x, w, False, F.batch_norm_relu)[0],
     "relu_add": lambda x, w: F.relu(x) + x,
     "max_pool": lambda x, w: F.max_pool2d(x, 3, 2, 1),
     "avg_pool": lambda x, w: F.avg_pool2d(x, 3, 2, 1) * w[0, 0, 0, 0],
@@ -291,8 +293,8 @@ def test_a_broken_backend_function_is_caught(gpu, monkeypatch):
     """The comparisons can fail: BatchNorm's backward with ggamma and gbeta swapped."""
     original = cuda_backend.batch_norm_backward
 
-    def swapped(*args):
-        gx, ggamma, gbeta = original(*args)
+    def swapped(*args, **kwargs):
+        gx, ggamma, gbeta = original(*args, **kwargs)
         return gx, gbeta, ggamma
 
     monkeypatch.setattr(cuda_backend, "batch_norm_backward", swapped)

@@ -752,12 +752,17 @@ def cross_entropy_backward(
     N, K = probs.shape
     labels = _labels(labels, N)
     weight = _float_array(weight, "cross_entropy_backward: weight", T)
-    grad_losses = _float_array(
-        cp.broadcast_to(cp.asarray(grad_losses, dtype=T), (N,)), "cross_entropy_backward: grad"
-    )
+    grad_losses = cp.asarray(grad_losses, dtype=T)
+    grad_stride = 0 if grad_losses.size == 1 else 1  # one gradient for every row: no copies
+    if grad_stride and grad_losses.shape != (N,):
+        raise ValueError(
+            f"cross_entropy_backward: grad must be a scalar or have shape ({N},), "
+            f"got {grad_losses.shape}"
+        )
+    grad_losses = _float_array(grad_losses.reshape(-1), "cross_entropy_backward: grad")
     weight_sum = cp.asarray(weight.sum(), dtype=T).reshape(1)
     glogits = cp.empty((N, K), dtype=T)
-    args = (*_ints(N, K), np.int64(ignore_index), T.type(label_smoothing))
+    args = (*_ints(N, K), np.int64(ignore_index), T.type(label_smoothing), *_ints(grad_stride))
     _launch(
         "cross_entropy_backward",
         T,
