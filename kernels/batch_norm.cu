@@ -120,14 +120,16 @@ __device__ __forceinline__ bool finished_last(int* done, int c, int K, int* flag
 // (the within-chunk and between-chunk parts of the sum of squares), and
 // writes mean, var, inv_std and, when update_running is 1, the running
 // statistics: r = (1 - momentum) * r + momentum * batch_stat, with the
-// *unbiased* batch variance var * M / (M - 1), as PyTorch keeps it. With
+// *unbiased* batch variance var * M / (M - 1), as PyTorch keeps it (and
+// with update_count 1, adds one to *count). With
 // K = 1 the formulas reduce to the plain two-pass mean and variance.
 template <typename T>
 __global__ void batch_norm_stats(const T* __restrict__ x, T* partial_sum, T* partial_m2,
                                  int* done, T* __restrict__ mean, T* __restrict__ var,
                                  T* __restrict__ inv_std, T* __restrict__ running_mean,
-                                 T* __restrict__ running_var, int C, int M, int chunk, T eps,
-                                 T momentum, int update_running)
+                                 T* __restrict__ running_var, long long* count, int C,
+                                 int M, int chunk, T eps, T momentum, int update_running,
+                                 int update_count)
 {
     __shared__ T partial[BN_MAX_THREADS];
     __shared__ int flag;
@@ -178,6 +180,9 @@ __global__ void batch_norm_stats(const T* __restrict__ x, T* partial_sum, T* par
                 running_var[ch.c] =
                     (T(1) - momentum) * running_var[ch.c] + momentum * (var_c * unbias);
             }
+            // BatchNorm2d's num_batches_tracked, counted here rather than
+            // by a launch of its own: once per launch, by channel 0.
+            if (update_count && ch.c == 0) *count += 1;
             done[ch.c] = 0;
         }
     }

@@ -362,10 +362,13 @@ class BatchNormFunction(Function):
 
     saved_inputs = (1,)  # gamma (x enters backward as xhat)
 
-    def __init__(self, running_mean, running_var, training, momentum, eps, affine, relu=False):
+    def __init__(
+        self, running_mean, running_var, training, momentum, eps, affine, relu=False, count=None
+    ):
         self.running_mean, self.running_var = running_mean, running_var
         self.training, self.momentum, self.eps = training, momentum, eps
         self.affine, self.relu = affine, relu
+        self.count = count  # num_batches_tracked (or None), incremented in training
         if relu:  # backward reads the output, as ReLUFunction's does
             self.saved_outputs = (0,)
 
@@ -392,8 +395,11 @@ class BatchNormFunction(Function):
                 self.running_var,
                 self.momentum,
                 relu=self.relu,
+                count=self.count,
             )
         else:
+            if self.count is not None:  # an empty batch still counts, as in PyTorch
+                self.count += 1
             self.inv_std = 1.0 / xp.sqrt(self.running_var + self.eps)
             scale = gamma * self.inv_std
             y2 = x2 * scale[:, None]
@@ -462,6 +468,8 @@ def batch_norm_relu(
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    *,
+    num_batches_tracked: Array | None = None,
 ) -> Tensor:
     """relu(batch_norm(...)) with the same arguments, as one fused op.
 
@@ -472,7 +480,7 @@ def batch_norm_relu(
     stored. The residual blocks use it wherever BN is followed by a ReLU.
     """
     args = (input, running_mean, running_var, weight, bias, training, momentum, eps)
-    return _batch_norm("batch_norm_relu", True, *args)
+    return _batch_norm("batch_norm_relu", True, *args, num_batches_tracked)
 
 
 def batch_norm(
@@ -484,15 +492,20 @@ def batch_norm(
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    *,
+    num_batches_tracked: Array | None = None,
 ) -> Tensor:
     """Batch normalisation over the channel axis of (N, C), (N, C, L) or (N, C, H, W).
 
     running_mean / running_var are plain arrays (C,), updated in place when
     training (unbiased variance, as PyTorch). In evaluation they are used in
-    place of the batch statistics, and must be given.
+    place of the batch statistics, and must be given. num_batches_tracked
+    (not in PyTorch's F.batch_norm: BatchNorm2d's counter, an int64 0-d
+    buffer) is incremented by one in place when training, on a GPU by the
+    kernel that updates the running statistics rather than a launch of its own.
     """
     args = (input, running_mean, running_var, weight, bias, training, momentum, eps)
-    return _batch_norm("batch_norm", False, *args)
+    return _batch_norm("batch_norm", False, *args, num_batches_tracked)
 
 
 def _batch_norm(
@@ -506,6 +519,7 @@ def _batch_norm(
     training: bool,
     momentum: float,
     eps: float,
+    num_batches_tracked: Array | None,
 ) -> Tensor:
     """batch_norm's checks, then one BatchNormFunction (relu: the ReLU fused in)."""
     x = as_tensor(input)
@@ -523,6 +537,18 @@ def _batch_norm(
                 raise TypeError(f"{op}: {name} has dtype {buf.dtype}, input has {x.dtype}")
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{op}: give both running_mean and running_var, or neither")
+    count = num_batches_tracked
+    if count is not None and (
+        isinstance(count, Tensor)
+        or getattr(count, "shape", None) != ()
+        or getattr(count, "dtype", None) != np.int64
+        or get_array_module(count) is not xp
+    ):
+        raise TypeError(
+            f"{op}: num_batches_tracked must be an int64 0-d array on the input's device, "
+            f"got {type(count).__name__} {getattr(count, 'dtype', '')} "
+            f"{getattr(count, 'shape', '')}"
+        )
     if not training and running_mean is None:
         raise ValueError(f"{op}: evaluation mode needs running_mean and running_var")
     if training and x.shape[0] * math.prod(x.shape[2:]) == 1:  # 0 values: see BatchNormFunction
@@ -537,7 +563,14 @@ def _batch_norm(
         _check_vector(op, name, v, C)
         _check_dtype(op, name, v, x)
     fn = BatchNormFunction(
-        running_mean, running_var, training, float(momentum), float(eps), affine, relu
+        running_mean,
+        running_var,
+        training,
+        float(momentum),
+        float(eps),
+        affine,
+        relu,
+        count if training else None,
     )
     return fn(x, gamma, beta)
 

@@ -33,13 +33,14 @@ memory. Every function keeps its input's layout.
         bools, one per input given to forward) says it is not wanted.
 
     batch_norm_forward(x, gamma, beta, eps, running_mean, running_var, momentum,
-                       *, relu=False) -> (y, xhat, inv_std)
+                       *, relu=False, count=None) -> (y, xhat, inv_std)
         x: (C, M) C-contiguous, M = N*H*W; gamma, beta: (C,).  Batch statistics
         per channel; y = gamma * xhat + beta, or relu_forward of it with
         relu=True (the ReLU fused in).  When running_mean is not None,
         running_mean and running_var (C,) are updated in place:
         r = (1 - momentum) * r + momentum * batch_stat, with the unbiased
-        variance (M / (M - 1)) as PyTorch does.
+        variance (M / (M - 1)) as PyTorch does.  count, an int64 0-d array
+        (BatchNorm2d's num_batches_tracked), is incremented in place.
     batch_norm_backward(gy, xhat, gamma, inv_std, *, y=None) -> (gx, ggamma, gbeta)
         gy, xhat: (C, M); returns gx (C, M), ggamma (C,), gbeta (C,).  Given
         y, the output of a forward with relu=True, gy first goes through the

@@ -419,15 +419,17 @@ def batch_norm_forward(
     momentum: float,
     *,
     relu: bool = False,
+    count: Any | None = None,
 ) -> tuple[Any, Any, Any]:
     """Normalise each row of x (C, M) with its own mean and variance.
 
     Returns (y, xhat, inv_std): y and xhat (C, M), inv_std (C,); with
     relu=True, y = max(gamma * xhat + beta, 0). When running_mean is given,
     running_mean and running_var (C,) are updated in place with the unbiased
-    batch variance. Two launches: the statistics (many blocks per channel,
-    combined by the last; the running statistics updated there too), then
-    the elementwise normalisation.
+    batch variance; count (int64, 0-d) is incremented in place. Two
+    launches: the statistics (many blocks per channel, combined by the last,
+    which also updates the running statistics and the count), then the
+    elementwise normalisation.
     """
     cp = _cupy()
     x = _float_array(x, "batch_norm_forward: x")
@@ -451,6 +453,11 @@ def batch_norm_forward(
     partial_sum, partial_m2 = cp.empty(C * K, dtype=T), cp.empty(C * K, dtype=T)
     # Without running statistics the kernel writes none: mean and var stand in.
     running = (running_mean, running_var) if update else (mean, var)
+    counted = count is not None and C > 0 and M > 0  # counted by the kernel
+    if count is not None and not (
+        isinstance(count, cp.ndarray) and count.dtype == np.int64 and count.shape == ()
+    ):
+        raise TypeError("batch_norm_forward: count must be an int64 0-d array on the GPU")
     _launch_chunks(
         "batch_norm_stats",
         T,
@@ -458,8 +465,11 @@ def batch_norm_forward(
         M,
         chunk,
         (x, partial_sum, partial_m2, _done_counters(C), mean, var, inv_std, *running)
-        + (*_ints(C, M, chunk), T.type(eps), T.type(momentum), *_ints(update)),
+        + (count if counted else cp.empty((), dtype=np.int64),)
+        + (*_ints(C, M, chunk), T.type(eps), T.type(momentum), *_ints(update, counted)),
     )
+    if count is not None and not counted:
+        count += 1
     y = cp.empty((C, M), dtype=T)
     xhat = cp.empty((C, M), dtype=T)
     _launch(

@@ -213,6 +213,7 @@ def batch_norm_forward(
     out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     *,
     relu: bool = False,
+    count: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Normalise each row of x (C, M) with its own mean and variance.
 
@@ -220,8 +221,9 @@ def batch_norm_forward(
     inv_std (C,); with relu=True, y = relu_forward(gamma * xhat + beta), the
     ReLU fused in (one pass fewer on a GPU, the same numbers). When
     running_mean is given, running_mean and running_var are updated in
-    place. Channels are independent: the fast CPU backend runs this function
-    on blocks of channels in threads, writing into ``out``.
+    place, and ``count`` (BatchNorm2d's num_batches_tracked) incremented.
+    Channels are independent: the fast CPU backend runs this function on
+    blocks of channels in threads, writing into ``out``.
     """
     C, M = x.shape
     y, xhat, inv_std = out if out is not None else (np.empty_like(x), np.empty_like(x), None)
@@ -241,6 +243,8 @@ def batch_norm_forward(
         running_mean += momentum * mean
         running_var *= 1.0 - momentum
         running_var += momentum * unbiased
+    if count is not None:
+        count += 1
     return y, xhat, inv_std
 
 

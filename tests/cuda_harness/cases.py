@@ -206,9 +206,12 @@ class BackendChecks:
         x_d, g_d, b_d = (self.dev.to_device(a) for a in (x, gamma, beta))
         rm_d = None if rm is None else self.dev.to_device(rm)
         rv_d = None if rv is None else self.dev.to_device(rv)
+        count = self.dev.to_device(np.array(41, dtype=np.int64)) if running else None
         y, xhat, inv_std = self.cb.batch_norm_forward(
-            x_d, g_d, b_d, eps, rm_d, rv_d, momentum, relu=relu
+            x_d, g_d, b_d, eps, rm_d, rv_d, momentum, relu=relu, count=count
         )
+        if running:  # num_batches_tracked, counted once by the kernel
+            assert int(self._host(count)) == 42
         for name, before, after in (("x", x, x_d), ("gamma", gamma, g_d), ("beta", beta, b_d)):
             np.testing.assert_array_equal(self._host(after), before, err_msg=f"bn changed {name}")
         assert_close(self._host(y), y_exp, "batch_norm_forward y")
