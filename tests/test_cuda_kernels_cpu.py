@@ -200,6 +200,28 @@ def test_relu_keeps_channel_major_layout(kernels, dtype, shape, launch, seed):
             assert np.shares_memory(given_to_kernel, own)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 5, 6), (1, 3, 4, 4), (3, 1, 4, 5)])
+def test_conv2d_reads_an_nchw_batch_where_it_is(kernels, shape):
+    """A network's input arrives NCHW: the im2col kernel reads it through
+    strides, with no copy into the channel-major layout, forward and in the
+    weight gradient's rebuilt columns, and gives numpy_backend's values."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal((4, shape[1], 3, 3))
+    gy = rng.standard_normal((shape[0], 4, shape[2], shape[3]))
+    args = ((1, 1), (1, 1))
+    y_np, saved_np = numpy_backend.conv2d_forward(x, w, None, *args)
+    grads_np = numpy_backend.conv2d_backward(gy, saved_np, (True, True, False))
+    with harness.cpu_cuda_backend(cuda_backend, kernels, threads=7, max_blocks=3) as fake:
+        y, saved = cuda_backend.conv2d_forward(x, w, None, *args)
+        grads = cuda_backend.conv2d_backward(gy, saved, (True, True, False))
+    reads = [args[0] for name, args in fake.launches if name == "im2col"]
+    assert len(reads) == 2 and all(np.shares_memory(a, x) for a in reads), "x was copied"
+    np.testing.assert_allclose(y, y_np, rtol=1e-12, atol=1e-12)
+    for g, g_np in zip(grads[:2], grads_np[:2]):
+        np.testing.assert_allclose(g, g_np, rtol=1e-12, atol=1e-12)
+
+
 def test_relu_layouts_it_cannot_keep(kernels):
     """NCHW stays NCHW with no copy; a mix of layouts, or strided views, are
     copied to C-contiguous first (the kernels read flat memory) and give

@@ -297,14 +297,21 @@ def im2col(
 
     Row (c, i, j) holds x[c, n, oh*sh + i*dh - ph, ow*sw + j*dw - pw] for every
     output pixel (n, oh, ow), 0 outside the image (dilation dh, dw). One
-    thread per entry.
+    thread per entry. x is channel-major memory, or the (C, N, H, W) view of
+    a C-contiguous NCHW batch (``nchw.swapaxes(0, 1)``), which the kernel
+    reads where it is, through strides, with no copy.
     """
     cp = _cupy()
-    x = _float_array(x, "im2col: x")
     C, N, H, W = x.shape
+    if _channel_major(x):  # an NCHW batch seen as (C, N, H, W)
+        x = _float_array(x.swapaxes(0, 1), "im2col: x")
+        strides = (H * W, C * H * W)
+    else:
+        x = _float_array(x, "im2col: x")
+        strides = (N * H * W, H * W)
     OH, OW = out_size(H, span(kh, dh), sh, ph), out_size(W, span(kw, dw), sw, pw)
     col = cp.empty((C * kh * kw, N * OH * OW), dtype=x.dtype)
-    geometry = _ints(C, N, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW)
+    geometry = _ints(C, N, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, *strides)
     _check_size(x.size)
     _launch("im2col", x.dtype, col.size, (x, col, *geometry))
     return col
@@ -355,7 +362,16 @@ def conv2d_forward(
     """numpy_backend.conv2d_forward (im2col + one GEMM, batched over the groups)
     with this file's im2col kernel; the GEMM is CuPy's matmul, i.e. cuBLAS
     (a strided batched GEMM over the groups)."""
-    return numpy_backend.conv2d_forward(x, w, b, stride, padding, dilation, groups, im2col=im2col)
+    return numpy_backend.conv2d_forward(
+        x, w, b, stride, padding, dilation, groups, im2col=im2col, channel_major=_cn_view
+    )
+
+
+def _cn_view(x: Any) -> Any:
+    """x (N, C, H, W) as (C, N, H, W): the channel-major memory when x is its
+    view (free), else a view of x's own memory, which :func:`im2col` reads
+    through strides (so an NCHW batch of images is never copied)."""
+    return x.swapaxes(0, 1) if x.flags.c_contiguous else numpy_backend.to_channel_major(x)
 
 
 def conv2d_backward(gy: Any, saved: tuple, needs_grad: tuple) -> tuple[Any, ...]:
@@ -763,6 +779,8 @@ def cross_entropy_backward(
     labels = _labels(labels, N)
     weight = _float_array(weight, "cross_entropy_backward: weight", T)
     grad_losses = cp.asarray(grad_losses, dtype=T)
+    if grad_losses.ndim == 1 and grad_losses.size > 1 and grad_losses.strides[0] == 0:
+        grad_losses = grad_losses[:1]  # one value broadcast to every row: read it once
     grad_stride = 0 if grad_losses.size == 1 else 1  # one gradient for every row: no copies
     if grad_stride and grad_losses.shape != (N,):
         raise ValueError(

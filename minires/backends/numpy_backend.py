@@ -113,6 +113,7 @@ def conv2d_forward(
     groups: int = 1,
     im2col: Callable = im2col,
     matmul: Callable = operator.matmul,
+    channel_major: Callable = to_channel_major,
 ) -> tuple[np.ndarray, tuple]:
     """y = conv(x, w) + b: x (N, C, H, W), w (F, Cg, kh, kw), b (F,) -> y (N, F, OH, OW).
 
@@ -129,15 +130,17 @@ def conv2d_forward(
 
     Returns y and what conv2d_backward needs: the channel-major input, not
     col (kh*kw times larger, rebuilt when the weight gradient needs it). The
-    CUDA backend runs this same function with its own im2col kernel, and the
-    fast CPU backend with a GEMM split among threads.
+    CUDA backend runs this same function with its own im2col kernel (and a
+    ``channel_major`` that hands it an NCHW batch as a view, which its kernel
+    reads through strides), and the fast CPU backend with a GEMM split among
+    threads.
     """
     N, C, H, W = x.shape
     F, Cg, kh, kw = w.shape  # Cg = C / groups input channels per group
     G = groups
     OH = out_size(H, span(kh, dilation[0]), stride[0], padding[0])
     OW = out_size(W, span(kw, dilation[1]), stride[1], padding[1])
-    xc = to_channel_major(x)
+    xc = channel_major(x)
     saved = (xc, w, stride, padding, dilation, groups)
     col = _columns(saved, im2col).reshape(G, Cg * kh * kw, N * OH * OW)
     y = matmul(w.reshape(G, F // G, Cg * kh * kw), col)
