@@ -777,10 +777,12 @@ class GlobalAvgPoolFunction(Function):
     def backward(self, gy: Array) -> Array:
         N, C, H, W = self.shape
         xp = get_array_module(gy)
-        g = gy / (H * W)
-        if self.channel_major:  # the gradient in x's layout: no copy downstream
-            return from_channel_major(xp.broadcast_to(g.swapaxes(0, 1), (C, N, H, W)).copy())
-        return xp.broadcast_to(g, self.shape).copy()
+        # One elementwise pass writes the new array: the division of the
+        # broadcast gradient. Channel-major when x was, so that no later op
+        # has to copy it into that layout.
+        if self.channel_major:
+            return from_channel_major(xp.broadcast_to(gy.swapaxes(0, 1), (C, N, H, W)) / (H * W))
+        return xp.broadcast_to(gy, self.shape) / (H * W)
 
     def differentiable_backward(self, gy: Tensor) -> Tensor:
         return BroadcastTo(self.shape)(gy / (self.shape[2] * self.shape[3]))
