@@ -778,11 +778,15 @@ class GlobalAvgPoolFunction(Function):
         N, C, H, W = self.shape
         xp = get_array_module(gy)
         # One elementwise pass writes the new array: the division of the
-        # broadcast gradient. Channel-major when x was, so that no later op
-        # has to copy it into that layout.
+        # broadcast gradient, into memory laid out as x was (channel-major
+        # or NCHW), so that no later op has to copy it into another layout.
         if self.channel_major:
-            return from_channel_major(xp.broadcast_to(gy.swapaxes(0, 1), (C, N, H, W)) / (H * W))
-        return xp.broadcast_to(gy, self.shape) / (H * W)
+            gx = xp.empty((C, N, H, W), dtype=gy.dtype)
+            xp.divide(xp.broadcast_to(gy.swapaxes(0, 1), gx.shape), H * W, out=gx)
+            return from_channel_major(gx)
+        gx = xp.empty(self.shape, dtype=gy.dtype)
+        xp.divide(xp.broadcast_to(gy, self.shape), H * W, out=gx)
+        return gx
 
     def differentiable_backward(self, gy: Tensor) -> Tensor:
         return BroadcastTo(self.shape)(gy / (self.shape[2] * self.shape[3]))

@@ -515,11 +515,32 @@ def test_census_counts_depend_on_the_structure_only(compiled, capsys):
         assert "host syncs" in output and "layout copies" in output
         runs.append(json.loads(output.strip().splitlines()[-1]))
     keys = ("launches", "host_syncs", "layout_copies", "kernel_events", "cublas_events")
-    assert all(runs[0][k] > 0 for k in keys)
+    assert all(runs[0][k] > 0 for k in ("launches", "kernel_events", "cublas_events"))
     assert [runs[0][k] for k in keys] == [runs[1][k] for k in keys]
     assert runs[1]["bytes_moved"] > runs[0]["bytes_moved"]  # the images are larger
 
 
+
+
+def test_census_of_a_resnet20_step(compiled):
+    """What issue 16 asked of the GPU path, for the kernels' part: SGD in one
+    launch, BatchNorm's ReLUs fused (only the 9 after a residual add remain),
+    two launches per BatchNorm and direction, no layout copy, and no more
+    launches than measured when this was written (docs/benchmarks.md)."""
+    import gpu_census
+
+    args = gpu_census.parse_args(["--model", "resnet20", "--batch", "2", "--size", "8"])
+    run = gpu_census.census(args)
+    result, counts = run["result"], run["counts"]
+    what = counts.by(*cupy_standin.counts.LAUNCH_KINDS, key="what")
+    sites = counts.by(*cupy_standin.counts.LAUNCH_KINDS, key="site")
+    assert what["sgd_step<float>"] == 1
+    assert sum(n for site, n in sites.items() if "optim.py" in site.split(" < ")[0]) == 0
+    assert what["relu_forward<float>"] == what["relu_backward<float>"] == 9
+    for kernel in ("stats", "apply", "backward_reduce", "backward_apply"):
+        assert what[f"batch_norm_{kernel}<float>"] == 19
+    assert result["layout_copies"] == 0
+    assert result["launches"] <= 262
 # --------------------------------------------------------------------------
 # The GPU test files themselves, run on the stand-in
 # --------------------------------------------------------------------------
