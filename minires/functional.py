@@ -386,6 +386,10 @@ class BatchNormFunction(Function):
             self.running_mean, self.running_var = xp.zeros(C, x.dtype), xp.ones(C, x.dtype)
         if self.training:
             self.backend = get_backend(x)
+            # The optional arguments only when used: the plain call stays the
+            # contract's seven arguments.
+            fused = {"relu": True} if self.relu else {}
+            counted = {} if self.count is None else {"count": self.count}
             y2, self.xhat, self.inv_std = self.backend.batch_norm_forward(
                 x2,
                 gamma,
@@ -394,8 +398,8 @@ class BatchNormFunction(Function):
                 self.running_mean,
                 self.running_var,
                 self.momentum,
-                relu=self.relu,
-                count=self.count,
+                **fused,
+                **counted,
             )
         else:
             if self.count is not None:  # an empty batch still counts, as in PyTorch
@@ -420,8 +424,9 @@ class BatchNormFunction(Function):
         gyc = to_channel_major(gy)
         gy2 = gyc.reshape(C, -1)
         if self.training:
+            fused = {"y": self.y2} if self.relu else {}
             gx2, ggamma, gbeta = self.backend.batch_norm_backward(
-                gy2, self.xhat, self.gamma, self.inv_std, y=self.y2
+                gy2, self.xhat, self.gamma, self.inv_std, **fused
             )
         else:
             if self.relu:
