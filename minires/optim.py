@@ -322,7 +322,7 @@ class SGD(Optimizer):
             on_gpu = [is_cupy_array(p.data) for p in params]
             if any(on_gpu):
                 # The CUDA backend's fused update: every parameter in one
-                # launch, with the rule of sgd_update below.
+                # launch, with the rule of sgd_update.
                 gpu = [i for i, yes in enumerate(on_gpu) if yes]
                 new = backends.cuda().sgd_step(
                     [params[i].data for i in gpu],
