@@ -520,8 +520,6 @@ def test_census_counts_depend_on_the_structure_only(compiled, capsys):
     assert runs[1]["bytes_moved"] > runs[0]["bytes_moved"]  # the images are larger
 
 
-
-
 def test_census_of_a_resnet20_step(compiled):
     """What issue 16 asked of the GPU path, for the kernels' part: SGD in one
     launch, BatchNorm's ReLUs fused (only the 9 after a residual add remain),
@@ -541,6 +539,8 @@ def test_census_of_a_resnet20_step(compiled):
         assert what[f"batch_norm_{kernel}<float>"] == 19
     assert result["layout_copies"] == 0
     assert result["launches"] <= 262
+
+
 # --------------------------------------------------------------------------
 # The GPU test files themselves, run on the stand-in
 # --------------------------------------------------------------------------
