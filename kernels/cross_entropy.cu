@@ -86,6 +86,8 @@ __global__ void cross_entropy_forward(const T* __restrict__ logits,
 // ignore_index gets 0; one whose label is outside [0, K) gets NaN. The
 // gradients (grad_losses, one per row, from the host's reduction) and the
 // sum of the weights are read from device memory, so the host never waits.
+// grad_stride is 1, or 0 when one gradient serves every row (the gradient
+// of a mean or a sum), which is then read without being copied N times.
 template <typename T>
 __global__ void cross_entropy_backward(const T* __restrict__ probs,
                                        const long long* __restrict__ labels,
@@ -93,7 +95,8 @@ __global__ void cross_entropy_backward(const T* __restrict__ probs,
                                        const T* __restrict__ weight_sum,
                                        const T* __restrict__ grad_losses,
                                        T* __restrict__ glogits,
-                                       int N, int K, long long ignore_index, T label_smoothing)
+                                       int N, int K, long long ignore_index, T label_smoothing,
+                                       int grad_stride)
 {
     const int total = N * K;
     const int stride = blockDim.x * gridDim.x;
@@ -114,6 +117,6 @@ __global__ void cross_entropy_backward(const T* __restrict__ probs,
         T g = probs[idx] * q_sum;
         if (k == label) g -= target;
         if (label_smoothing != T(0)) g -= label_smoothing / T(K) * weight[k];
-        glogits[idx] = g * grad_losses[n];
+        glogits[idx] = g * grad_losses[n * grad_stride];
     }
 }

@@ -6,6 +6,12 @@
 //   x   (C, N, H, W)                  channel-major input, C-contiguous
 //   col (C*kh*kw, N*OH*OW)            row (c, i, j), column (n, oh, ow)
 //
+// im2col also reads x through strides: image n of channel c starts at
+// c * c_stride + n * n_stride (N*H*W and H*W for the layout above; H*W and
+// C*H*W for an NCHW batch, such as the images a network is fed, which is
+// then read where it is instead of being copied into the channel-major
+// layout first).
+//
 // Reading guide for a C programmer new to CUDA
 // --------------------------------------------
 // * A __global__ function is a *kernel*. The host launches it on a grid of
@@ -34,7 +40,7 @@ template <typename T>
 __global__ void im2col(const T* __restrict__ x, T* __restrict__ col,
                        int C, int N, int H, int W,
                        int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
-                       int OH, int OW)
+                       int OH, int OW, int c_stride, int n_stride)
 {
     const int total = C * kh * kw * N * OH * OW;
     const int stride = blockDim.x * gridDim.x;
@@ -51,7 +57,7 @@ __global__ void im2col(const T* __restrict__ x, T* __restrict__ col,
         const int h = oh * sh + i * dh - ph;
         const int w = ow * sw + j * dw - pw;
         const bool inside = h >= 0 && h < H && w >= 0 && w < W;
-        col[idx] = inside ? x[((c * N + n) * H + h) * W + w] : T(0);
+        col[idx] = inside ? x[c * c_stride + n * n_stride + h * W + w] : T(0);
     }
 }
 

@@ -30,6 +30,7 @@ __all__ = [
     "adaptive_avg_pool2d",
     "avg_pool2d",
     "batch_norm",
+    "batch_norm_relu",
     "check_labels",
     "conv2d",
     "cross_entropy",
@@ -356,14 +357,22 @@ class BatchNormFunction(Function):
 
     Training: batch statistics, and the running statistics updated in place.
     Evaluation: the running statistics, so y is an affine map of x.
+    With relu=True the output is relu(y), the ReLU fused in (F.batch_norm_relu):
+    on a GPU the normalisation writes relu(y) directly and backward takes the
+    gradient through both in the same passes.
     """
 
     saved_inputs = (1,)  # gamma (x enters backward as xhat)
 
-    def __init__(self, running_mean, running_var, training, momentum, eps, affine):
+    def __init__(
+        self, running_mean, running_var, training, momentum, eps, affine, relu=False, count=None
+    ):
         self.running_mean, self.running_var = running_mean, running_var
         self.training, self.momentum, self.eps = training, momentum, eps
-        self.affine = affine
+        self.affine, self.relu = affine, relu
+        self.count = count  # num_batches_tracked (or None), incremented in training
+        if relu:  # backward reads the output, as ReLUFunction's does
+            self.saved_outputs = (0,)
 
     def forward(self, x: Array, gamma: Array, beta: Array) -> Array:
         xp = get_array_module(x)
@@ -379,10 +388,24 @@ class BatchNormFunction(Function):
             self.running_mean, self.running_var = xp.zeros(C, x.dtype), xp.ones(C, x.dtype)
         if self.training:
             self.backend = get_backend(x)
+            # The optional arguments only when used: the plain call stays the
+            # contract's seven arguments.
+            fused = {"relu": True} if self.relu else {}
+            counted = {} if self.count is None else {"count": self.count}
             y2, self.xhat, self.inv_std = self.backend.batch_norm_forward(
-                x2, gamma, beta, self.eps, self.running_mean, self.running_var, self.momentum
+                x2,
+                gamma,
+                beta,
+                self.eps,
+                self.running_mean,
+                self.running_var,
+                self.momentum,
+                **fused,
+                **counted,
             )
         else:
+            if self.count is not None:  # an empty batch still counts, as in PyTorch
+                self.count += 1
             self.inv_std = 1.0 / xp.sqrt(self.running_var + self.eps)
             scale = gamma * self.inv_std
             y2 = x2 * scale[:, None]
@@ -391,7 +414,10 @@ class BatchNormFunction(Function):
             self.xhat, self.shift = None, self.running_mean.copy()
             if self.affine and self.needs_input_grad[1]:
                 self.xhat = (x2 - self.running_mean[:, None]) * self.inv_std[:, None]
+            if self.relu:
+                y2 = xp.maximum(y2, 0)  # relu_forward's values
         self.gamma = gamma
+        self.y2 = y2 if self.relu else None  # backward's ReLU mask
         self.running_mean = self.running_var = None  # not needed by backward
         return from_channel_major(y2.reshape(xc.shape))
 
@@ -400,10 +426,13 @@ class BatchNormFunction(Function):
         gyc = to_channel_major(gy)
         gy2 = gyc.reshape(C, -1)
         if self.training:
+            fused = {"y": self.y2} if self.relu else {}
             gx2, ggamma, gbeta = self.backend.batch_norm_backward(
-                gy2, self.xhat, self.gamma, self.inv_std
+                gy2, self.xhat, self.gamma, self.inv_std, **fused
             )
         else:
+            if self.relu:
+                gy2 = gy2 * (self.y2 > 0)  # relu_backward
             gx2 = gy2 * (self.gamma * self.inv_std)[:, None]
             gbeta = gy2.sum(axis=1)
             ggamma = None if self.xhat is None else (gy2 * self.xhat).sum(axis=1)
@@ -416,6 +445,9 @@ class BatchNormFunction(Function):
         """The same gradients with Tensor operations on x and gamma; in training
         the statistics are recomputed from x, since they depend on it too."""
         x, gamma = self.inputs[:2]
+        if self.relu:  # through the fused ReLU first: its mask is a constant
+            y = self.y2.reshape(x.shape[1], x.shape[0], *x.shape[2:]).swapaxes(0, 1)
+            gy = gy * gy.new_tensor((y > 0).astype(y.dtype))
         dims = (0, *range(2, x.ndim))  # every axis but the channels
         shape = (1, -1) + (1,) * (x.ndim - 2)
         if self.training:
@@ -434,6 +466,30 @@ class BatchNormFunction(Function):
         return (gx, ggamma, gbeta) if self.affine else (gx, None, None)
 
 
+def batch_norm_relu(
+    input: Tensor,
+    running_mean: Array | None,
+    running_var: Array | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    num_batches_tracked: Array | None = None,
+) -> Tensor:
+    """relu(batch_norm(...)) with the same arguments, as one fused op.
+
+    The same numbers as the two ops in a row, forward and backward. On a GPU
+    it is two launches and one pass over memory fewer each way (the ReLU is
+    applied as BatchNorm writes its output, and its mask as BatchNorm's
+    backward reads the gradient), and the pre-ReLU activation is never
+    stored. The residual blocks use it wherever BN is followed by a ReLU.
+    """
+    args = (input, running_mean, running_var, weight, bias, training, momentum, eps)
+    return _batch_norm("batch_norm_relu", True, *args, num_batches_tracked)
+
+
 def batch_norm(
     input: Tensor,
     running_mean: Array | None,
@@ -443,14 +499,36 @@ def batch_norm(
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    *,
+    num_batches_tracked: Array | None = None,
 ) -> Tensor:
     """Batch normalisation over the channel axis of (N, C), (N, C, L) or (N, C, H, W).
 
     running_mean / running_var are plain arrays (C,), updated in place when
     training (unbiased variance, as PyTorch). In evaluation they are used in
-    place of the batch statistics, and must be given.
+    place of the batch statistics, and must be given. num_batches_tracked
+    (not in PyTorch's F.batch_norm: BatchNorm2d's counter, an int64 0-d
+    buffer) is incremented by one in place when training, on a GPU by the
+    kernel that updates the running statistics rather than a launch of its own.
     """
-    op = "batch_norm"
+    args = (input, running_mean, running_var, weight, bias, training, momentum, eps)
+    return _batch_norm("batch_norm", False, *args, num_batches_tracked)
+
+
+def _batch_norm(
+    op: str,
+    relu: bool,
+    input: Tensor,
+    running_mean: Array | None,
+    running_var: Array | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    num_batches_tracked: Array | None,
+) -> Tensor:
+    """batch_norm's checks, then one BatchNormFunction (relu: the ReLU fused in)."""
     x = as_tensor(input)
     if not 2 <= x.ndim <= 4:
         raise ValueError(f"{op}: input must be 2-D to 4-D (N, C, ...), got shape {x.shape}")
@@ -466,6 +544,18 @@ def batch_norm(
                 raise TypeError(f"{op}: {name} has dtype {buf.dtype}, input has {x.dtype}")
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{op}: give both running_mean and running_var, or neither")
+    count = num_batches_tracked
+    if count is not None and (
+        isinstance(count, Tensor)
+        or getattr(count, "shape", None) != ()
+        or getattr(count, "dtype", None) != np.int64
+        or get_array_module(count) is not xp
+    ):
+        raise TypeError(
+            f"{op}: num_batches_tracked must be an int64 0-d array on the input's device, "
+            f"got {type(count).__name__} {getattr(count, 'dtype', '')} "
+            f"{getattr(count, 'shape', '')}"
+        )
     if not training and running_mean is None:
         raise ValueError(f"{op}: evaluation mode needs running_mean and running_var")
     if training and x.shape[0] * math.prod(x.shape[2:]) == 1:  # 0 values: see BatchNormFunction
@@ -479,7 +569,16 @@ def batch_norm(
     for name, v in (("weight", gamma), ("bias", beta)):
         _check_vector(op, name, v, C)
         _check_dtype(op, name, v, x)
-    fn = BatchNormFunction(running_mean, running_var, training, float(momentum), float(eps), affine)
+    fn = BatchNormFunction(
+        running_mean,
+        running_var,
+        training,
+        float(momentum),
+        float(eps),
+        affine,
+        relu,
+        count if training else None,
+    )
     return fn(x, gamma, beta)
 
 
@@ -679,13 +778,22 @@ class GlobalAvgPoolFunction(Function):
     saved_inputs = ()
 
     def forward(self, x: Array) -> Array:
-        self.shape = x.shape
+        self.shape, self.channel_major = x.shape, is_channel_major(x)
         return x.mean(axis=(2, 3), keepdims=True)
 
     def backward(self, gy: Array) -> Array:
-        H, W = self.shape[2:]
+        N, C, H, W = self.shape
         xp = get_array_module(gy)
-        return xp.broadcast_to(gy / (H * W), self.shape).copy()
+        # One elementwise pass writes the new array: the division of the
+        # broadcast gradient, into memory laid out as x was (channel-major
+        # or NCHW), so that no later op has to copy it into another layout.
+        if self.channel_major:
+            gx = xp.empty((C, N, H, W), dtype=gy.dtype)
+            xp.divide(xp.broadcast_to(gy.swapaxes(0, 1), gx.shape), H * W, out=gx)
+            return from_channel_major(gx)
+        gx = xp.empty(self.shape, dtype=gy.dtype)
+        xp.divide(xp.broadcast_to(gy, self.shape), H * W, out=gx)
+        return gx
 
     def differentiable_backward(self, gy: Tensor) -> Tensor:
         return BroadcastTo(self.shape)(gy / (self.shape[2] * self.shape[3]))

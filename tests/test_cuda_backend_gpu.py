@@ -84,10 +84,24 @@ def test_conv2d_groups_and_dilation(
     C=st.integers(1, 5),
     M=st.sampled_from([1, 2, 7, 255, 256, 257, 3000]),
     running=st.booleans(),
+    relu=st.booleans(),
     seed=seeds,
 )
-def test_batch_norm(checks, dtype, C, M, running, seed):
-    checks.batch_norm(np.random.default_rng(seed), dtype, C, M, running)
+def test_batch_norm(checks, dtype, C, M, running, relu, seed):
+    checks.batch_norm(np.random.default_rng(seed), dtype, C, M, running, relu=relu)
+
+
+@dtypes
+@given(
+    sizes=st.lists(st.sampled_from([0, 1, 16, 432, 2304, 9216, 36864]), min_size=1, max_size=8),
+    nesterov=st.booleans(),
+    maximize=st.booleans(),
+    seed=seeds,
+)
+def test_sgd_step(checks, dtype, sizes, nesterov, maximize, seed):
+    """Every parameter in one launch, NumPy's bits over several steps (resnet20's tensor sizes)."""
+    hyper = (0.1, 0.9, 0.0, 5e-4, nesterov, maximize)
+    checks.sgd(np.random.default_rng(seed), dtype, sizes, hyper)
 
 
 @dtypes
@@ -159,6 +173,8 @@ def test_resnet_sized_layers(checks, dtype):
     checks.im2col(rng, dtype, 16, 16, 32, 32, 3, 3, 1, 1, 1, 1)
     checks.im2col(rng, dtype, 16, 8, 32, 32, 3, 3, 2, 2, 1, 1)
     checks.batch_norm(rng, dtype, 16, 16 * 32 * 32, True)
+    checks.batch_norm(rng, dtype, 16, 128 * 32 * 32, True, relu=True)  # resnet20, batch 128
+    checks.batch_norm(rng, dtype, 2048, 32 * 7 * 7, True, relu=True)  # resnet50's last layer
     checks.max_pool(rng, dtype, 64, 32, 32, 3, 3, 2, 2, 1, 1, False)
     checks.avg_pool(rng, dtype, 64, 8, 8, 8, 8, 1, 1, 0, 0)
     checks.cross_entropy(rng, dtype, 128, 1000)
@@ -182,9 +198,15 @@ def test_col2im_and_batch_norm_are_deterministic():
     assert bool((a == b).all())
     x = cupy.asarray(rng.standard_normal((8, 50_000)).astype(np.float32))
     g, z = cupy.ones(8, np.float32), cupy.zeros(8, np.float32)
-    r1 = cuda_backend.batch_norm_forward(x, g, z, 1e-5, None, None, 0.1)
-    r2 = cuda_backend.batch_norm_forward(x, g, z, 1e-5, None, None, 0.1)
+    # Many blocks per channel, combined in a fixed order by whichever finishes last.
+    r1 = cuda_backend.batch_norm_forward(x, g, z, 1e-5, None, None, 0.1, relu=True)
+    r2 = cuda_backend.batch_norm_forward(x, g, z, 1e-5, None, None, 0.1, relu=True)
     for u, v in zip(r1, r2):
+        assert bool((u == v).all())
+    gy = cupy.asarray(rng.standard_normal((8, 50_000)).astype(np.float32))
+    b1 = cuda_backend.batch_norm_backward(gy, r1[1], g, r1[2], y=r1[0])
+    b2 = cuda_backend.batch_norm_backward(gy, r1[1], g, r1[2], y=r1[0])
+    for u, v in zip(b1, b2):
         assert bool((u == v).all())
 
 

@@ -123,12 +123,50 @@ def test_conv2d_groups_and_dilation(
     M=st.integers(1, 200),
     running=st.booleans(),
     momentum=st.sampled_from([0.1, 0.01, 1.0]),
+    relu=st.booleans(),
+    per_thread=st.sampled_from([1, 3, 10**6]),
     launch=launch_sizes,
     seed=seeds,
 )
-def test_batch_norm(kernels, dtype, C, M, running, momentum, launch, seed):
+def test_batch_norm(kernels, dtype, C, M, running, momentum, relu, per_thread, launch, seed):
+    """per_thread sets BN_MIN_PER_THREAD: 1 cuts every row into as many
+    chunks as the block has threads (up to 200 chunks per channel, combined
+    by the last block), 10**6 keeps one chunk per channel."""
     rng = np.random.default_rng(seed)
-    run_checks(kernels, launch, "batch_norm", rng, dtype, C, M, running, momentum)
+    saved = cuda_backend.BN_MIN_PER_THREAD
+    cuda_backend.BN_MIN_PER_THREAD = per_thread
+    try:
+        args = (rng, dtype, C, M, running, momentum)
+        run_checks(kernels, launch, "batch_norm", *args, relu=relu)
+    finally:
+        cuda_backend.BN_MIN_PER_THREAD = saved
+
+
+sgd_hyper = st.one_of(
+    st.tuples(  # (lr, momentum, dampening, weight_decay, nesterov, maximize)
+        st.sampled_from([0.1, 0.01]),
+        st.sampled_from([0.0, 0.9]),
+        st.sampled_from([0.0, 0.3]),
+        st.sampled_from([0.0, 5e-4]),
+        st.just(False),
+        st.booleans(),
+    ),
+    st.tuples(
+        st.just(0.05), st.just(0.9), st.just(0.0), st.just(1e-4), st.just(True), st.booleans()
+    ),
+)
+
+
+@dtypes
+@given(
+    sizes=st.lists(st.integers(0, 40), min_size=1, max_size=6),
+    hyper=sgd_hyper,
+    launch=launch_sizes,
+    seed=seeds,
+)
+def test_sgd_step(kernels, dtype, sizes, hyper, launch, seed):
+    rng = np.random.default_rng(seed)
+    run_checks(kernels, launch, "sgd", rng, dtype, sizes, hyper)
 
 
 @dtypes
@@ -160,6 +198,28 @@ def test_relu_keeps_channel_major_layout(kernels, dtype, shape, launch, seed):
     for args, arrays in ((forward, (x, y)), (backward, (gy, y, gx))):
         for given_to_kernel, own in zip(args, arrays):
             assert np.shares_memory(given_to_kernel, own)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 6), (1, 3, 4, 4), (3, 1, 4, 5)])
+def test_conv2d_reads_an_nchw_batch_where_it_is(kernels, shape):
+    """A network's input arrives NCHW: the im2col kernel reads it through
+    strides, with no copy into the channel-major layout, forward and in the
+    weight gradient's rebuilt columns, and gives numpy_backend's values."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal((4, shape[1], 3, 3))
+    gy = rng.standard_normal((shape[0], 4, shape[2], shape[3]))
+    args = ((1, 1), (1, 1))
+    y_np, saved_np = numpy_backend.conv2d_forward(x, w, None, *args)
+    grads_np = numpy_backend.conv2d_backward(gy, saved_np, (True, True, False))
+    with harness.cpu_cuda_backend(cuda_backend, kernels, threads=7, max_blocks=3) as fake:
+        y, saved = cuda_backend.conv2d_forward(x, w, None, *args)
+        grads = cuda_backend.conv2d_backward(gy, saved, (True, True, False))
+    reads = [args[0] for name, args in fake.launches if name == "im2col"]
+    assert len(reads) == 2 and all(np.shares_memory(a, x) for a in reads), "x was copied"
+    np.testing.assert_allclose(y, y_np, rtol=1e-12, atol=1e-12)
+    for g, g_np in zip(grads[:2], grads_np[:2]):
+        np.testing.assert_allclose(g, g_np, rtol=1e-12, atol=1e-12)
 
 
 def test_relu_layouts_it_cannot_keep(kernels):

@@ -271,10 +271,10 @@ def test_backend_contract(gpu, dtype):
 # --------------------------------------------------------------------------
 
 
-def _bn(x, w, train=True):
+def _bn(x, w, train=True, fn=F.batch_norm):
     C = x.shape[1]
     rm, rv = w.data[:C, 0, 0, 0] * 0 + 0.5, w.data[:C, 0, 0, 0] * 0 + 2.0
-    return F.batch_norm(x, rm, rv, w[:C, 0, 0, 0] + 1.5, w[:C, 0, 1, 1], training=train), rm, rv
+    return fn(x, rm, rv, w[:C, 0, 0, 0] + 1.5, w[:C, 0, 1, 1], training=train), rm, rv
 
 
 OPS = {
@@ -284,6 +284,8 @@ OPS = {
     "conv_1x1_s2": lambda x, w: F.conv2d(x, w[:, :, 1:2, 1:2], stride=2),
     "bn_train": lambda x, w: _bn(x, w, True)[0],
     "bn_eval": lambda x, w: _bn(x, w, False)[0],
+    "bn_relu_train": lambda x, w: _bn(x, w, True, F.batch_norm_relu)[0],
+    "bn_relu_eval": lambda x, w: _bn(x, w, False, F.batch_norm_relu)[0],
     "relu_add": lambda x, w: F.relu(x) + x,
     "max_pool": lambda x, w: F.max_pool2d(x, 3, 2, 1),
     "avg_pool": lambda x, w: F.avg_pool2d(x, 3, 2, 1) * w[0, 0, 0, 0],
@@ -351,8 +353,8 @@ def test_a_broken_backend_function_is_caught(gpu, monkeypatch):
     """The comparisons can fail: BatchNorm's backward with ggamma and gbeta swapped."""
     original = cuda_backend.batch_norm_backward
 
-    def swapped(*args):
-        gx, ggamma, gbeta = original(*args)
+    def swapped(*args, **kwargs):
+        gx, ggamma, gbeta = original(*args, **kwargs)
         return gx, gbeta, ggamma
 
     monkeypatch.setattr(cuda_backend, "batch_norm_backward", swapped)
@@ -614,6 +616,27 @@ def test_census_counts_depend_on_the_structure_only(compiled, capsys):
     assert all(runs[0][k] > 0 for k in keys if k != "host_syncs")
     assert [runs[0][k] for k in keys] == [runs[1][k] for k in keys]
     assert runs[1]["bytes_moved"] > runs[0]["bytes_moved"]  # the images are larger
+
+
+def test_census_of_a_resnet20_step(compiled):
+    """What issue 16 asked of the GPU path, for the kernels' part: SGD in one
+    launch, BatchNorm's ReLUs fused (only the 9 after a residual add remain),
+    two launches per BatchNorm and direction, no layout copy, and no more
+    launches than measured when this was written (docs/benchmarks.md)."""
+    import gpu_census
+
+    args = gpu_census.parse_args(["--model", "resnet20", "--batch", "2", "--size", "8"])
+    run = gpu_census.census(args)
+    result, counts = run["result"], run["counts"]
+    what = counts.by(*cupy_standin.counts.LAUNCH_KINDS, key="what")
+    sites = counts.by(*cupy_standin.counts.LAUNCH_KINDS, key="site")
+    assert what["sgd_step<float>"] == 1
+    assert sum(n for site, n in sites.items() if "optim.py" in site.split(" < ")[0]) == 0
+    assert what["relu_forward<float>"] == what["relu_backward<float>"] == 9
+    for kernel in ("stats", "apply", "backward_reduce", "backward_apply"):
+        assert what[f"batch_norm_{kernel}<float>"] == 19
+    assert result["layout_copies"] == 0
+    assert result["launches"] <= 262
 
 
 # --------------------------------------------------------------------------

@@ -119,31 +119,45 @@ def test_gradcheck_in_float64_on_the_gpu() -> None:
 @pytest.mark.gpu
 @gpu_only
 def test_resnet20_training_step_matches_the_cpu() -> None:
+    """Three SGD steps with momentum, Nesterov and weight decay, in float64 so
+    that the comparison can be tight: the loss, every gradient (compared
+    directly, before each step) and every parameter and buffer after it."""
     import cupy
 
-    mr.manual_seed(0)
-    cpu = mr.models.resnet20()
-    mr.manual_seed(0)
-    gpu = mr.models.resnet20().to("cuda")
     rng = np.random.default_rng(0)
-    images = rng.standard_normal((16, 3, 32, 32)).astype(np.float32)
-    labels = rng.integers(0, 10, 16)
-    losses = []
-    for model, device in ((cpu, "cpu"), (gpu, "cuda")):
-        opt = mr.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-        x = mr.tensor(images).to(device)
-        y = labels if device == "cpu" else cupy.asarray(labels)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
-    cpu_state, gpu_state = cpu.state_dict(), gpu.state_dict()
-    for key, value in cpu_state.items():
-        np.testing.assert_allclose(
-            cupy.asnumpy(gpu_state[key]), value, rtol=1e-3, atol=1e-4, err_msg=key
+    models, opts = [], []
+    for device in ("cpu", "cuda"):
+        mr.manual_seed(0)
+        model = mr.models.resnet20().to(np.float64).to(device)
+        models.append(model)
+        opts.append(
+            mr.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
         )
+    for step in range(3):
+        images = rng.standard_normal((8, 3, 32, 32))
+        labels = rng.integers(0, 10, 8)
+        losses = []
+        for model, opt, device in zip(models, opts, ("cpu", "cuda")):
+            x = mr.tensor(images).to(device)
+            y = labels if device == "cpu" else cupy.asarray(labels)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            losses.append(loss.item())
+        assert losses[0] == pytest.approx(losses[1], rel=1e-10), f"step {step}"
+        for (name, p_cpu), p_gpu in zip(models[0].named_parameters(), models[1].parameters()):
+            scale = max(1.0, float(np.abs(p_cpu.grad).max()))
+            np.testing.assert_allclose(
+                cupy.asnumpy(p_gpu.grad), p_cpu.grad, rtol=1e-8, atol=1e-10 * scale,
+                err_msg=f"step {step}: gradient of {name}",
+            )  # fmt: skip
+        for opt in opts:
+            opt.step()
+        for key, value in models[0].state_dict().items():
+            np.testing.assert_allclose(
+                cupy.asnumpy(models[1].state_dict()[key]), value, rtol=1e-8, atol=1e-10,
+                err_msg=f"step {step}: {key}",
+            )  # fmt: skip
 
 
 @pytest.mark.gpu

@@ -32,15 +32,19 @@ memory. Every function keeps its input's layout.
         The gradients of x, w, b, each None where needs_grad (a tuple of
         bools, one per input given to forward) says it is not wanted.
 
-    batch_norm_forward(x, gamma, beta, eps, running_mean, running_var, momentum)
-        -> (y, xhat, inv_std)
+    batch_norm_forward(x, gamma, beta, eps, running_mean, running_var, momentum,
+                       *, relu=False, count=None) -> (y, xhat, inv_std)
         x: (C, M) C-contiguous, M = N*H*W; gamma, beta: (C,).  Batch statistics
-        per channel; y = gamma * xhat + beta.  When running_mean is not None,
+        per channel; y = gamma * xhat + beta, or relu_forward of it with
+        relu=True (the ReLU fused in).  When running_mean is not None,
         running_mean and running_var (C,) are updated in place:
         r = (1 - momentum) * r + momentum * batch_stat, with the unbiased
-        variance (M / (M - 1)) as PyTorch does.
-    batch_norm_backward(gy, xhat, gamma, inv_std) -> (gx, ggamma, gbeta)
-        gy, xhat: (C, M); returns gx (C, M), ggamma (C,), gbeta (C,).
+        variance (M / (M - 1)) as PyTorch does.  count, an int64 0-d array
+        (BatchNorm2d's num_batches_tracked), is incremented in place.
+    batch_norm_backward(gy, xhat, gamma, inv_std, *, y=None) -> (gx, ggamma, gbeta)
+        gy, xhat: (C, M); returns gx (C, M), ggamma (C,), gbeta (C,).  Given
+        y, the output of a forward with relu=True, gy first goes through the
+        fused ReLU: relu_backward(gy, y).
 
     relu_forward(x) -> y                    any shape; y in x's memory layout
     relu_backward(gy, y) -> gx              gx = gy * (y > 0): gy where y > 0, else 0

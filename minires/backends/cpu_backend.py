@@ -202,6 +202,9 @@ def batch_norm_forward(
     running_mean: np.ndarray | None,
     running_var: np.ndarray | None,
     momentum: float,
+    *,
+    relu: bool = False,
+    count: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     C = x.shape[0]
     out = (np.empty_like(x), np.empty_like(x), np.empty(C, dtype=x.dtype))
@@ -209,22 +212,32 @@ def batch_norm_forward(
     def rows(c: slice) -> None:
         stats = (None, None) if running_mean is None else (running_mean[c], running_var[c])
         share = tuple(o[c] for o in out)
-        reference.batch_norm_forward(x[c], gamma[c], beta[c], eps, *stats, momentum, share)
+        reference.batch_norm_forward(
+            x[c], gamma[c], beta[c], eps, *stats, momentum, share, relu=relu
+        )
 
     parallel.for_rows(C, rows, work=x.size)
+    if count is not None:  # once, not once per block of channels
+        count += 1
     return out
 
 
 @_blas_guarded
 def batch_norm_backward(
-    gy: np.ndarray, xhat: np.ndarray, gamma: np.ndarray, inv_std: np.ndarray
+    gy: np.ndarray,
+    xhat: np.ndarray,
+    gamma: np.ndarray,
+    inv_std: np.ndarray,
+    *,
+    y: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     C = gy.shape[0]
     out = (np.empty_like(gy), np.empty(C, dtype=gy.dtype), np.empty(C, dtype=gy.dtype))
 
     def rows(c: slice) -> None:
         share = tuple(o[c] for o in out)
-        reference.batch_norm_backward(gy[c], xhat[c], gamma[c], inv_std[c], share)
+        y_rows = None if y is None else y[c]
+        reference.batch_norm_backward(gy[c], xhat[c], gamma[c], inv_std[c], share, y=y_rows)
 
     parallel.for_rows(C, rows, work=gy.size)
     return out

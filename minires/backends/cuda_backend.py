@@ -38,6 +38,7 @@ arrays and the same kernels compiled for the CPU by a C++ compiler.
 from __future__ import annotations
 
 import functools
+import weakref
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -56,6 +57,11 @@ MAX_BLOCKS = 4096
 # of two, at most BN_MAX_THREADS (the size of their shared arrays).
 REDUCE_THREADS = 256
 BN_MAX_THREADS = 256
+# The chunked BatchNorm reductions aim at about BN_BLOCKS blocks per launch
+# (an H100 or H200 runs 132 SMs x 8 blocks of 256 threads at once), with at
+# least BN_MIN_PER_THREAD values for each thread of a block.
+BN_BLOCKS = 1024
+BN_MIN_PER_THREAD = 4
 
 # The kernels of each .cu file (its stem) that cuda_backend launches. Each is
 # compiled for T = float and T = double. tests/test_cuda_kernels_cpu.py checks
@@ -65,13 +71,13 @@ KERNELS: dict[str, tuple[str, ...]] = {
     "batch_norm": (
         "batch_norm_stats",
         "batch_norm_apply",
-        "batch_norm_update_running",
         "batch_norm_backward_reduce",
         "batch_norm_backward_apply",
     ),
     "relu": ("relu_forward", "relu_backward"),
     "pooling": ("max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward"),
     "cross_entropy": ("cross_entropy_forward", "cross_entropy_backward"),
+    "sgd": ("sgd_step",),
 }
 _FILE_OF = {name: stem for stem, names in KERNELS.items() for name in names}
 # The C type that T stands for, by NumPy dtype.
@@ -241,6 +247,12 @@ def _kernel(name: str, dtype: np.dtype) -> Any:
     return _function(device_id, _FILE_OF[name], f"{name}<{C_TYPES[np.dtype(dtype)]}>")
 
 
+def _address(a: Any) -> int:
+    """The device address of ``a``'s first element, for a kernel's table of
+    addresses (the CPU tests swap in NumPy's ``a.ctypes.data``)."""
+    return a.data.ptr
+
+
 # --------------------------------------------------------------------------
 # Launch helpers
 # --------------------------------------------------------------------------
@@ -283,17 +295,6 @@ def _launch(name: str, dtype: np.dtype, n: int, args: tuple) -> None:
     _kernel(name, dtype)((blocks,), (THREADS,), args)
 
 
-def _launch_per_channel(name: str, dtype: np.dtype, C: int, M: int, args: tuple) -> None:
-    """Launch a per-channel reduction: one block of REDUCE_THREADS per channel."""
-    if C == 0:
-        return
-    threads = REDUCE_THREADS
-    if threads > BN_MAX_THREADS or threads & (threads - 1):
-        raise ValueError(f"REDUCE_THREADS must be a power of two <= {BN_MAX_THREADS}")
-    _check_size(C * M)
-    _kernel(name, dtype)((min(C, MAX_BLOCKS),), (threads,), args)
-
-
 # --------------------------------------------------------------------------
 # im2col / col2im
 # --------------------------------------------------------------------------
@@ -306,14 +307,21 @@ def im2col(
 
     Row (c, i, j) holds x[c, n, oh*sh + i*dh - ph, ow*sw + j*dw - pw] for every
     output pixel (n, oh, ow), 0 outside the image (dilation dh, dw). One
-    thread per entry.
+    thread per entry. x is channel-major memory, or the (C, N, H, W) view of
+    a C-contiguous NCHW batch (``nchw.swapaxes(0, 1)``), which the kernel
+    reads where it is, through strides, with no copy.
     """
     cp = _cupy()
-    x = _float_array(x, "im2col: x")
     C, N, H, W = x.shape
+    if _channel_major(x):  # an NCHW batch seen as (C, N, H, W)
+        x = _float_array(x.swapaxes(0, 1), "im2col: x")
+        strides = (H * W, C * H * W)
+    else:
+        x = _float_array(x, "im2col: x")
+        strides = (N * H * W, H * W)
     OH, OW = out_size(H, span(kh, dh), sh, ph), out_size(W, span(kw, dw), sw, pw)
     col = cp.empty((C * kh * kw, N * OH * OW), dtype=x.dtype)
-    geometry = _ints(C, N, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW)
+    geometry = _ints(C, N, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, *strides)
     _check_size(x.size)
     _launch("im2col", x.dtype, col.size, (x, col, *geometry))
     return col
@@ -364,7 +372,16 @@ def conv2d_forward(
     """numpy_backend.conv2d_forward (im2col + one GEMM, batched over the groups)
     with this file's im2col kernel; the GEMM is CuPy's matmul, i.e. cuBLAS
     (a strided batched GEMM over the groups)."""
-    return numpy_backend.conv2d_forward(x, w, b, stride, padding, dilation, groups, im2col=im2col)
+    return numpy_backend.conv2d_forward(
+        x, w, b, stride, padding, dilation, groups, im2col=im2col, channel_major=_cn_view
+    )
+
+
+def _cn_view(x: Any) -> Any:
+    """x (N, C, H, W) as (C, N, H, W): the channel-major memory when x is its
+    view (free), else a view of x's own memory, which :func:`im2col` reads
+    through strides (so an NCHW batch of images is never copied)."""
+    return x.swapaxes(0, 1) if x.flags.c_contiguous else numpy_backend.to_channel_major(x)
 
 
 def conv2d_backward(gy: Any, saved: tuple, needs_grad: tuple) -> tuple[Any, ...]:
@@ -377,6 +394,47 @@ def conv2d_backward(gy: Any, saved: tuple, needs_grad: tuple) -> tuple[Any, ...]
 # --------------------------------------------------------------------------
 
 
+def _chunks(C: int, M: int) -> int:
+    """Values per chunk of a BatchNorm row, so that C * K chunks (one block
+    each) fill the GPU: about BN_BLOCKS blocks in all, but no fewer than
+    BN_MIN_PER_THREAD values per thread of a block (below that, the partial
+    results cost more than the reduction they split)."""
+    per_block = REDUCE_THREADS * BN_MIN_PER_THREAD
+    K = max(1, min(-(-M // per_block), -(-BN_BLOCKS // max(C, 1))))
+    return max(1, -(-M // K))
+
+
+def _done_counters(C: int) -> Any:
+    """The zeroed int32 counters (one per channel) of the last-block reductions
+    of batch_norm.cu, allocated once per (array module, GPU) and grown as
+    needed; each kernel leaves them at zero for the next."""
+    cp = _cupy()
+    device_id = cp.cuda.Device().id if hasattr(cp, "cuda") else 0
+    per_device = _COUNTERS.setdefault(cp, {})
+    counters = per_device.get(device_id)
+    if counters is None or counters.size < C:
+        counters = per_device[device_id] = cp.zeros(max(C, 1024), dtype=np.int32)
+    return counters
+
+
+# By array module (CuPy, or what the tests put in its place), then by GPU.
+_COUNTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _launch_chunks(name: str, dtype: np.dtype, C: int, M: int, chunk: int, args: tuple) -> None:
+    """Launch a chunked per-channel reduction: one block of REDUCE_THREADS per
+    chunk of a row (C * ceil(M / chunk) of them, capped at MAX_BLOCKS; a
+    grid-stride loop covers the rest)."""
+    if C == 0 or M == 0:
+        return
+    threads = REDUCE_THREADS
+    if threads > BN_MAX_THREADS or threads & (threads - 1):
+        raise ValueError(f"REDUCE_THREADS must be a power of two <= {BN_MAX_THREADS}")
+    _check_size(C * M)
+    blocks = C * -(-M // chunk)
+    _kernel(name, dtype)((min(blocks, MAX_BLOCKS),), (threads,), args)
+
+
 def batch_norm_forward(
     x: Any,
     gamma: Any,
@@ -385,13 +443,19 @@ def batch_norm_forward(
     running_mean: Any | None,
     running_var: Any | None,
     momentum: float,
+    *,
+    relu: bool = False,
+    count: Any | None = None,
 ) -> tuple[Any, Any, Any]:
     """Normalise each row of x (C, M) with its own mean and variance.
 
-    Returns (y, xhat, inv_std): y and xhat (C, M), inv_std (C,). When
-    running_mean is given, running_mean and running_var (C,) are updated in
-    place with the unbiased batch variance. Three launches: per-channel
-    statistics, the elementwise normalisation, the running-stat update.
+    Returns (y, xhat, inv_std): y and xhat (C, M), inv_std (C,); with
+    relu=True, y = max(gamma * xhat + beta, 0). When running_mean is given,
+    running_mean and running_var (C,) are updated in place with the unbiased
+    batch variance; count (int64, 0-d) is incremented in place. Two
+    launches: the statistics (many blocks per channel, combined by the last,
+    which also updates the running statistics and the count), then the
+    elementwise normalisation.
     """
     cp = _cupy()
     x = _float_array(x, "batch_norm_forward: x")
@@ -402,35 +466,58 @@ def batch_norm_forward(
     mean = cp.empty(C, dtype=T)
     var = cp.empty(C, dtype=T)
     inv_std = cp.empty(C, dtype=T)
-    _launch_per_channel(
-        "batch_norm_stats", T, C, M, (x, mean, var, inv_std, *_ints(C, M), T.type(eps))
-    )
-    y = cp.empty((C, M), dtype=T)
-    xhat = cp.empty((C, M), dtype=T)
-    _launch("batch_norm_apply", T, C * M, (x, mean, inv_std, gamma, beta, y, xhat, *_ints(C, M)))
-    if running_mean is not None:
+    update = running_mean is not None
+    if update:
         # Updated in place, so they must be usable as they are: a contiguous
         # copy would receive the update and be thrown away.
         for name, r in (("running_mean", running_mean), ("running_var", running_var)):
             _float_array(r, f"batch_norm_forward: {name}", T)
             if not r.flags.c_contiguous:
                 raise ValueError(f"batch_norm_forward: {name} must be C-contiguous")
-        _launch(
-            "batch_norm_update_running",
-            T,
-            C,
-            (mean, var, running_mean, running_var, *_ints(C, M), T.type(momentum)),
-        )
+    chunk = _chunks(C, M)
+    K = -(-M // chunk)
+    partial_sum, partial_m2 = cp.empty(C * K, dtype=T), cp.empty(C * K, dtype=T)
+    # Without running statistics the kernel writes none: mean and var stand in.
+    running = (running_mean, running_var) if update else (mean, var)
+    counted = count is not None and C > 0 and M > 0  # counted by the kernel
+    if count is not None and not (
+        isinstance(count, cp.ndarray) and count.dtype == np.int64 and count.shape == ()
+    ):
+        raise TypeError("batch_norm_forward: count must be an int64 0-d array on the GPU")
+    _launch_chunks(
+        "batch_norm_stats",
+        T,
+        C,
+        M,
+        chunk,
+        (x, partial_sum, partial_m2, _done_counters(C), mean, var, inv_std, *running)
+        + (count if counted else cp.empty((), dtype=np.int64),)
+        + (*_ints(C, M, chunk), T.type(eps), T.type(momentum), *_ints(update, counted)),
+    )
+    if count is not None and not counted:
+        count += 1
+    y = cp.empty((C, M), dtype=T)
+    xhat = cp.empty((C, M), dtype=T)
+    _launch(
+        "batch_norm_apply",
+        T,
+        C * M,
+        (x, mean, inv_std, gamma, beta, y, xhat, *_ints(C, M, relu)),
+    )
     return y, xhat, inv_std
 
 
-def batch_norm_backward(gy: Any, xhat: Any, gamma: Any, inv_std: Any) -> tuple[Any, Any, Any]:
+def batch_norm_backward(
+    gy: Any, xhat: Any, gamma: Any, inv_std: Any, *, y: Any | None = None
+) -> tuple[Any, Any, Any]:
     """Gradients of y = gamma * xhat + beta, xhat = (x - mean(x)) * inv_std.
 
     gy, xhat (C, M) -> (gx (C, M), ggamma (C,), gbeta (C,)), with
-        gbeta  = sum(gy),  ggamma = sum(gy * xhat),
-        gx     = gamma * inv_std * (gy - gbeta/M - xhat * ggamma/M).
-    Two launches: the per-channel sums, then the elementwise formula.
+        gbeta  = sum(g),  ggamma = sum(g * xhat),
+        gx     = gamma * inv_std * (g - gbeta/M - xhat * ggamma/M),
+    where g = gy, or, given the output y of a forward with relu=True,
+    g = gy * (y > 0): the gradient through the fused ReLU. Two launches: the
+    per-channel sums (many blocks per channel), then the elementwise formula.
     """
     cp = _cupy()
     gy = _float_array(gy, "batch_norm_backward: gy")
@@ -438,18 +525,33 @@ def batch_norm_backward(gy: Any, xhat: Any, gamma: Any, inv_std: Any) -> tuple[A
     xhat = _float_array(xhat, "batch_norm_backward: xhat", T)
     gamma = _float_array(gamma, "batch_norm_backward: gamma", T)
     inv_std = _float_array(inv_std, "batch_norm_backward: inv_std", T)
+    relu = y is not None
+    y = _float_array(y, "batch_norm_backward: y", T) if relu else gy  # gy: unread
     C, M = gy.shape
+    if relu and y.shape != gy.shape:
+        raise ValueError(f"batch_norm_backward: y has shape {y.shape}, gy {gy.shape}")
     gbeta = cp.empty(C, dtype=T)
     ggamma = cp.empty(C, dtype=T)
-    _launch_per_channel(
-        "batch_norm_backward_reduce", T, C, M, (gy, xhat, gbeta, ggamma, *_ints(C, M))
+    chunk = _chunks(C, M)
+    K = -(-M // chunk)
+    partials = (cp.empty(C * K, dtype=T), cp.empty(C * K, dtype=T))
+    _launch_chunks(
+        "batch_norm_backward_reduce",
+        T,
+        C,
+        M,
+        chunk,
+        (gy, y, xhat, *partials, _done_counters(C), gbeta, ggamma, *_ints(C, M, chunk, relu)),
     )
+    if M == 0:  # no chunk to reduce: the sums are empty
+        gbeta.fill(0)
+        ggamma.fill(0)
     gx = cp.empty((C, M), dtype=T)
     _launch(
         "batch_norm_backward_apply",
         T,
         C * M,
-        (gy, xhat, gamma, inv_std, gbeta, ggamma, gx, *_ints(C, M)),
+        (gy, y, xhat, gamma, inv_std, gbeta, ggamma, gx, *_ints(C, M, relu)),
     )
     return gx, ggamma, gbeta
 
@@ -686,12 +788,19 @@ def cross_entropy_backward(
     N, K = probs.shape
     labels = _labels(labels, N)
     weight = _float_array(weight, "cross_entropy_backward: weight", T)
-    grad_losses = _float_array(
-        cp.broadcast_to(cp.asarray(grad_losses, dtype=T), (N,)), "cross_entropy_backward: grad"
-    )
+    grad_losses = cp.asarray(grad_losses, dtype=T)
+    if grad_losses.ndim == 1 and grad_losses.size > 1 and grad_losses.strides[0] == 0:
+        grad_losses = grad_losses[:1]  # one value broadcast to every row: read it once
+    grad_stride = 0 if grad_losses.size == 1 else 1  # one gradient for every row: no copies
+    if grad_stride and grad_losses.shape != (N,):
+        raise ValueError(
+            f"cross_entropy_backward: grad must be a scalar or have shape ({N},), "
+            f"got {grad_losses.shape}"
+        )
+    grad_losses = _float_array(grad_losses.reshape(-1), "cross_entropy_backward: grad")
     weight_sum = cp.asarray(weight.sum(), dtype=T).reshape(1)
     glogits = cp.empty((N, K), dtype=T)
-    args = (*_ints(N, K), np.int64(ignore_index), T.type(label_smoothing))
+    args = (*_ints(N, K), np.int64(ignore_index), T.type(label_smoothing), *_ints(grad_stride))
     _launch(
         "cross_entropy_backward",
         T,
@@ -699,3 +808,80 @@ def cross_entropy_backward(
         (probs, labels, weight, weight_sum, grad_losses, glogits, *args),
     )
     return glogits
+
+
+# --------------------------------------------------------------------------
+# SGD: every parameter in one launch
+# --------------------------------------------------------------------------
+
+
+def sgd_step(
+    params: list[Any],
+    grads: list[Any],
+    buffers: list[Any | None],
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+) -> list[Any | None]:
+    """Update every parameter in place with optim.sgd_update's rule, fused.
+
+    params[i] (any shape) is updated with grads[i] (the same shape and
+    dtype) and the momentum buffer buffers[i], which is None before the
+    first step (then it is created, holding that step's gradient, as
+    sgd_update does). Returns the buffers (None when momentum is 0).
+
+    One launch of ``sgd_step`` per dtype (two on the step that creates some
+    buffers, which start from the gradient rather than update), where the
+    per-parameter rule costs 5 to 7 launches per parameter. The kernel finds
+    the tensors through one table of their addresses, copied to the GPU
+    (asynchronously, a few hundred bytes) at each call: the gradients are new
+    arrays after every backward, so the table cannot be kept.
+    """
+    cp = _cupy()
+    if not len(params) == len(grads) == len(buffers):
+        raise ValueError(
+            f"sgd_step: {len(params)} params, {len(grads)} grads and {len(buffers)} buffers"
+        )
+    use_buffers = momentum != 0.0
+    buffers = list(buffers) if use_buffers else [None] * len(params)
+    launches: dict[tuple[np.dtype, bool], list[int]] = {}
+    for i, (p, g) in enumerate(zip(params, grads)):
+        p = _float_array(p, f"sgd_step: parameter {i}")
+        if not p.flags.c_contiguous:
+            raise ValueError(f"sgd_step: parameter {i} must be C-contiguous (updated in place)")
+        if g.shape != p.shape:
+            raise ValueError(f"sgd_step: gradient {i} has shape {g.shape}, its parameter {p.shape}")
+        first = use_buffers and buffers[i] is None
+        if first:
+            buffers[i] = cp.empty(p.shape, dtype=p.dtype)
+        elif use_buffers and not (
+            buffers[i].shape == p.shape
+            and buffers[i].dtype == p.dtype
+            and buffers[i].flags.c_contiguous
+        ):
+            raise ValueError(
+                f"sgd_step: momentum buffer {i} must be C-contiguous with its parameter's "
+                f"shape {p.shape} and dtype {p.dtype}"
+            )
+        if p.size:
+            launches.setdefault((p.dtype, first), []).append(i)
+    for (T, first), which in launches.items():
+        grad_arrays = [_float_array(grads[i], f"sgd_step: gradient {i}", T) for i in which]
+        offsets = np.cumsum([0] + [params[i].size for i in which])
+        total = int(offsets[-1])
+        _check_size(total)
+        table = np.array(
+            [_address(params[i]) for i in which]
+            + [_address(g) for g in grad_arrays]
+            + [_address(buffers[i]) if use_buffers else 0 for i in which]
+            + offsets.tolist(),
+            dtype=np.int64,
+        )
+        hyper = (lr, momentum, 1.0 - dampening, weight_decay)  # 1 - d in double, as NumPy
+        flags = _ints(nesterov, maximize, first)
+        args = (cp.asarray(table), *_ints(len(which), total), *map(T.type, hyper), *flags)
+        _launch("sgd_step", T, total, args)
+    return buffers

@@ -104,6 +104,7 @@ def conv2d_forward(
     groups: int = 1,
     im2col: Callable = im2col,
     matmul: Callable = operator.matmul,
+    channel_major: Callable = to_channel_major,
 ) -> tuple[np.ndarray, tuple]:
     """y = conv(x, w) + b: x (N, C, H, W), w (F, Cg, kh, kw), b (F,) -> y (N, F, OH, OW).
 
@@ -120,15 +121,17 @@ def conv2d_forward(
 
     Returns y and what conv2d_backward needs: the channel-major input, not
     col (kh*kw times larger, rebuilt when the weight gradient needs it). The
-    CUDA backend runs this same function with its own im2col kernel, and the
-    fast CPU backend with a GEMM split among threads.
+    CUDA backend runs this same function with its own im2col kernel (and a
+    ``channel_major`` that hands it an NCHW batch as a view, which its kernel
+    reads through strides), and the fast CPU backend with a GEMM split among
+    threads.
     """
     N, C, H, W = x.shape
     F, Cg, kh, kw = w.shape  # Cg = C / groups input channels per group
     G = groups
     OH = out_size(H, span(kh, dilation[0]), stride[0], padding[0])
     OW = out_size(W, span(kw, dilation[1]), stride[1], padding[1])
-    xc = to_channel_major(x)
+    xc = channel_major(x)
     saved = (xc, w, stride, padding, dilation, groups)
     col = _columns(saved, im2col).reshape(G, Cg * kh * kw, N * OH * OW)
     y = matmul(w.reshape(G, F // G, Cg * kh * kw), col)
@@ -202,13 +205,19 @@ def batch_norm_forward(
     running_var: np.ndarray | None,
     momentum: float,
     out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    *,
+    relu: bool = False,
+    count: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Normalise each row of x (C, M) with its own mean and variance.
 
     Returns (y, xhat, inv_std): y = gamma * xhat + beta and xhat (C, M), and
-    inv_std (C,). When running_mean is given, running_mean and running_var
-    are updated in place. Channels are independent: the fast CPU backend runs
-    this function on blocks of channels in threads, writing into ``out``.
+    inv_std (C,); with relu=True, y = relu_forward(gamma * xhat + beta), the
+    ReLU fused in (one pass fewer on a GPU, the same numbers). When
+    running_mean is given, running_mean and running_var are updated in
+    place, and ``count`` (BatchNorm2d's num_batches_tracked) incremented.
+    Channels are independent: the fast CPU backend runs this function on
+    blocks of channels in threads, writing into ``out``.
     """
     C, M = x.shape
     y, xhat, inv_std = out if out is not None else (np.empty_like(x), np.empty_like(x), None)
@@ -219,6 +228,8 @@ def batch_norm_forward(
     xhat *= inv_std[:, None]
     np.multiply(xhat, gamma[:, None], out=y)
     y += beta[:, None]
+    if relu:
+        np.maximum(y, 0, out=y)  # relu_forward, in place
     if running_mean is not None:
         # PyTorch keeps the *unbiased* variance in its running estimate.
         unbiased = var * (M / max(M - 1, 1))
@@ -226,6 +237,8 @@ def batch_norm_forward(
         running_mean += momentum * mean
         running_var *= 1.0 - momentum
         running_var += momentum * unbiased
+    if count is not None:
+        count += 1
     return y, xhat, inv_std
 
 
@@ -235,6 +248,8 @@ def batch_norm_backward(
     gamma: np.ndarray,
     inv_std: np.ndarray,
     out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    *,
+    y: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of y = gamma * xhat + beta, xhat = (x - mean(x)) * inv_std.
 
@@ -243,8 +258,12 @@ def batch_norm_backward(
         ggamma = sum(gy * xhat)
         gx     = gamma * inv_std * (gy - gbeta/M - xhat * ggamma/M)
     The two sums are the gradient flowing back through mean and variance.
+    Given y, the output of a forward with relu=True, gy is first taken
+    through the fused ReLU: gy * (y > 0), relu_backward.
     Returns (gx (C, M), ggamma (C,), gbeta (C,)), into ``out`` if given.
     """
+    if y is not None:
+        gy = relu_backward(gy, y)
     C, M = gy.shape
     gx, ggamma, gbeta = out if out is not None else (np.empty_like(gy), None, None)
     gbeta = np.sum(gy, axis=1, out=gbeta)

@@ -130,7 +130,7 @@ class CifarResNet(nn.Module):
         """
         x = self.conv1(x)
         if not self.preact:
-            x = self.relu(self.bn1(x))
+            x = self.bn1(x, relu=True)  # relu(bn1(x)), fused
         outs = [x]
         if return_block_outputs:
             for block in self.blocks():
@@ -140,7 +140,7 @@ class CifarResNet(nn.Module):
             for stage in (self.layer1, self.layer2, self.layer3):
                 x = stage(x)
         if self.preact:
-            x = self.relu(self.final_bn(x))
+            x = self.final_bn(x, relu=True)
         logits = self.fc(F.flatten(self.avgpool(x), 1))
         return (logits, outs) if return_block_outputs else logits
 

@@ -122,17 +122,21 @@ class BatchNorm2d(Module):
         else:
             self.running_mean = self.running_var = None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, relu: bool = False) -> Tensor:
+        """BatchNorm of x (N, C, H, W); with relu=True, relu of it as one fused
+        op (F.batch_norm_relu: the same numbers, fewer passes over memory)."""
         if x.ndim != 4:
             raise ValueError(f"BatchNorm2d: expected 4-D input (N, C, H, W), got shape {x.shape}")
         use_batch_stats = self.training or not self.track_running_stats
         momentum = self.momentum if self.momentum is not None else 0.0
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked += 1  # in place: the buffer array is shared
-            if self.momentum is None:
-                momentum = 1.0 / float(self.num_batches_tracked)
         track = self.track_running_stats and self.training
-        return F.batch_norm(
+        count = None  # num_batches_tracked, for F.batch_norm to increment
+        if track and self.momentum is None:  # the cumulative average needs the count now
+            self.num_batches_tracked += 1  # in place: the buffer array is shared
+            momentum = 1.0 / float(self.num_batches_tracked)
+        elif track:
+            count = self.num_batches_tracked
+        return (F.batch_norm_relu if relu else F.batch_norm)(
             x,
             self.running_mean if (track or not use_batch_stats) else None,
             self.running_var if (track or not use_batch_stats) else None,
@@ -141,6 +145,7 @@ class BatchNorm2d(Module):
             training=use_batch_stats,
             momentum=momentum,
             eps=self.eps,
+            num_batches_tracked=count,
         )
 
     def extra_repr(self) -> str:

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import functional as F
 from ..autograd import Function, Tensor, as_tensor
 from ..backends.device import device_of, get_array_module
 from ..backends.layout import from_channel_major, to_channel_major
@@ -135,10 +136,16 @@ class SyncBatchNorm(BatchNorm2d):
         super().__init__(num_features, eps, momentum, affine, track_running_stats)
         self.process_group = process_group
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, relu: bool = False) -> Tensor:
+        """BatchNorm with statistics over every process; relu=True applies a
+        ReLU after it (not fused here: BatchNorm2d's fusion is per process)."""
         use_batch_stats = self.training or not self.track_running_stats
         if not use_batch_stats:
-            return super().forward(x)  # running statistics: nothing to synchronise
+            return super().forward(x, relu)  # running statistics: nothing to synchronise
+        y = self._synchronised(x)
+        return F.relu(y) if relu else y
+
+    def _synchronised(self, x: Tensor) -> Tensor:
         x = as_tensor(x)
         if x.ndim != 4 or x.dtype.kind != "f":
             raise ValueError(

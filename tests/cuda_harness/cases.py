@@ -93,6 +93,50 @@ class BackendChecks:
 
     # -- the checks ----------------------------------------------------------
 
+    def sgd(
+        self,
+        rng: np.random.Generator,
+        dtype: Any,
+        sizes: list[int],
+        hyper: tuple[float, float, float, float, bool, bool],
+        steps: int = 3,
+    ):
+        """sgd_step (every parameter in one launch) against optim.sgd_update
+        (the textbook rule, parameter by parameter), over several steps: the
+        first creates the momentum buffers, the later ones update them. The
+        kernel rounds each product on its own, so the results are NumPy's
+        bits, not just close. One parameter joins only at the second step
+        (its buffer is created while the others are updated)."""
+        from minires.optim import sgd_update
+
+        params = [rng.standard_normal(n).astype(dtype) for n in sizes]
+        late = len(params) // 2  # gets no gradient at the first step
+        buffers: list[Any] = [None] * len(params)
+        dev_params = [self.dev.to_device(p) for p in params]
+        dev_buffers: list[Any] = [None] * len(params)
+        for step in range(steps):
+            which = [i for i in range(len(params)) if step > 0 or i != late]
+            grads = {i: rng.standard_normal(sizes[i]).astype(dtype) for i in which}
+            for i in which:
+                buffers[i] = sgd_update(params[i], grads[i], buffers[i], *hyper)
+            dev_grads = [self.dev.to_device(grads[i]) for i in which]
+            new = self.cb.sgd_step(
+                [dev_params[i] for i in which], dev_grads, [dev_buffers[i] for i in which], *hyper
+            )
+            for g, dev_g in zip((grads[i] for i in which), dev_grads):
+                np.testing.assert_array_equal(
+                    self._host(dev_g), g, err_msg="sgd_step changed a grad"
+                )
+            for i, buf in zip(which, new):
+                dev_buffers[i] = buf
+            for i in range(len(params)):
+                what = f"sgd_step, step {step}, parameter {i}"
+                np.testing.assert_array_equal(self._host(dev_params[i]), params[i], err_msg=what)
+                if buffers[i] is None:
+                    assert dev_buffers[i] is None, what
+                else:
+                    np.testing.assert_array_equal(self._host(dev_buffers[i]), buffers[i], what)
+
     def im2col(
         self, rng: np.random.Generator, dtype: Any, C, N, H, W, kh, kw, sh, sw, ph, pw, dh=1, dw=1
     ):
@@ -139,7 +183,11 @@ class BackendChecks:
         running: bool,
         momentum: float = 0.1,
         eps: float = 1e-5,
+        relu: bool = False,
     ):
+        """Forward and backward, with or without the fused ReLU, against
+        numpy_backend; with relu=True also against bn-then-relu done in two
+        steps (numpy_backend's relu_forward and relu_backward)."""
         # Off-centre, scaled data and gamma far from 1 (a test with gamma = 1
         # and centred data cannot see half the mistakes a backward can make).
         x = (rng.standard_normal((C, M)) * 3 + 2).astype(dtype)
@@ -150,12 +198,20 @@ class BackendChecks:
         rm_exp = None if rm is None else rm.copy()
         rv_exp = None if rv is None else rv.copy()
         y_exp, xhat_exp, inv_std_exp = nb.batch_norm_forward(
-            x, gamma, beta, eps, rm_exp, rv_exp, momentum
+            x, gamma, beta, eps, rm_exp, rv_exp, momentum, relu=relu
         )
+        if relu:  # the fused twin is bn then relu, to the bit
+            y_plain = nb.batch_norm_forward(x, gamma, beta, eps, None, None, momentum)[0]
+            np.testing.assert_array_equal(y_exp, nb.relu_forward(y_plain))
         x_d, g_d, b_d = (self.dev.to_device(a) for a in (x, gamma, beta))
         rm_d = None if rm is None else self.dev.to_device(rm)
         rv_d = None if rv is None else self.dev.to_device(rv)
-        y, xhat, inv_std = self.cb.batch_norm_forward(x_d, g_d, b_d, eps, rm_d, rv_d, momentum)
+        count = self.dev.to_device(np.array(41, dtype=np.int64)) if running else None
+        y, xhat, inv_std = self.cb.batch_norm_forward(
+            x_d, g_d, b_d, eps, rm_d, rv_d, momentum, relu=relu, count=count
+        )
+        if running:  # num_batches_tracked, counted once by the kernel
+            assert int(self._host(count)) == 42
         for name, before, after in (("x", x, x_d), ("gamma", gamma, g_d), ("beta", beta, b_d)):
             np.testing.assert_array_equal(self._host(after), before, err_msg=f"bn changed {name}")
         assert_close(self._host(y), y_exp, "batch_norm_forward y")
@@ -167,7 +223,21 @@ class BackendChecks:
 
         gy = rng.standard_normal((C, M)).astype(dtype)
         grads = ("gx", "ggamma", "gbeta")
-        self._compare("batch_norm_backward", gy, xhat_exp, gamma, inv_std_exp, outputs=grads)
+        if not relu:
+            self._compare("batch_norm_backward", gy, xhat_exp, gamma, inv_std_exp, outputs=grads)
+            return
+        expected = nb.batch_norm_backward(gy, xhat_exp, gamma, inv_std_exp, y=y_exp)
+        two_steps = nb.batch_norm_backward(
+            nb.relu_backward(gy, y_exp), xhat_exp, gamma, inv_std_exp
+        )
+        for e, t in zip(expected, two_steps):
+            np.testing.assert_array_equal(e, t)
+        actual, _ = self._run(
+            lambda *a: self.cb.batch_norm_backward(*a[:4], y=a[4]),
+            gy, xhat_exp, gamma, inv_std_exp, y_exp,
+        )  # fmt: skip
+        for what, a, e in zip(grads, actual, expected):
+            assert_close(self._host(a), e, f"batch_norm_backward (relu) {what}")
 
     def relu(self, rng: np.random.Generator, dtype: Any, shape: tuple[int, ...]):
         x = rng.standard_normal(shape).astype(dtype)

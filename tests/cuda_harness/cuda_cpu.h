@@ -37,12 +37,15 @@
 //   one left), releases everyone, and launch() returns an error code instead
 //   of hanging, so the bug shows up as a failed test.
 //
-// What this does not emulate: warps (no warp-synchronous code, shuffles or
-// atomics are used by the kernels, so none are provided), memory spaces and
-// their speed, and floating-point details of the GPU (fused multiply-adds,
-// the accuracy of expf and friends); the tests compare with tolerances.
+// What this does not emulate: warps (no warp-synchronous code or shuffles
+// are used by the kernels, so none are provided; atomicAdd on an int and
+// __threadfence are, for the last-block reductions of batch_norm.cu),
+// memory spaces and their speed, and floating-point details of the GPU
+// (fused multiply-adds, the accuracy of expf and friends); the tests
+// compare with tolerances.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
@@ -79,6 +82,14 @@ inline dim3 gridDim;
 using std::exp;
 using std::log;
 using std::sqrt;
+using std::max;
+using std::min;
+
+// Products rounded on their own: on a GPU, __fmul_rn / __dmul_rn are never
+// fused with a following addition into an FMA. A C++ compiler for x86-64
+// without -mfma never fuses either, so a plain product is the same.
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
 
 // Reinterpret the bits of an integer as a floating-point number.
 inline float __int_as_float(int bits)
@@ -198,6 +209,19 @@ int launch(void (*kernel)(Params...), dim3 grid, dim3 block, Args... args)
 }
 
 }  // namespace cuda_cpu
+
+// ---- Atomics and fences. Blocks run one at a time here, so a kernel's
+// ---- atomics never race with another block's; they are real atomics
+// ---- anyway, and the fence a real fence, so the code means what it says.
+inline int atomicAdd(int* address, int value)
+{
+    return __atomic_fetch_add(address, value, __ATOMIC_SEQ_CST);
+}
+
+inline void __threadfence()
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
 
 inline void __syncthreads()
 {

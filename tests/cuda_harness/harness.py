@@ -195,7 +195,10 @@ def build_library(out_dir: Path, sources: list[Path] | None = None) -> CpuKernel
         raise FileNotFoundError("no C++ compiler found (set CXX, or install g++)")
     sources = sources if sources is not None else [*kernel_sources(), SELFTEST_SOURCE]
     out_dir.mkdir(parents=True, exist_ok=True)
-    flags = ["-std=c++17", "-O1", "-fPIC", "-pthread", "-Wall", "-Wextra", "-Werror"]
+    # -ffp-contract=off: no a * b + c fused into one FMA, as on the GPU where
+    # the kernels ask for a product rounded on its own (__fmul_rn).
+    flags = ["-std=c++17", "-O1", "-fPIC", "-pthread", "-Wall", "-Wextra", "-Werror",
+             "-ffp-contract=off"]  # fmt: skip
     signatures = _signatures(sources)
     jobs = []
     for cu in sources:
@@ -407,6 +410,7 @@ def cpu_cuda_backend(
     replacements = {
         "_cupy": lambda: fake,
         "_kernel": kernel,
+        "_address": lambda a: a.ctypes.data,  # NumPy's pointer, where CuPy has a.data.ptr
         "THREADS": threads,
         "MAX_BLOCKS": max_blocks,
         "REDUCE_THREADS": reduce_threads,
