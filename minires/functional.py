@@ -887,6 +887,8 @@ class CrossEntropyFunction(Function):
     'none' keeps the N losses, 'sum' adds them, 'mean' divides the sum by
     the total weight of the rows that count (w[label] summed over the rows
     not ignored; their number when there are no weights), as PyTorch does.
+    The backend gives each row's weight in that total with its loss. weight
+    is None when there are no class weights (all ones).
     """
 
     saved_inputs = ()  # backward reads the softmax it computed
@@ -901,16 +903,16 @@ class CrossEntropyFunction(Function):
     def forward(self, logits: Array) -> Array:
         xp = get_array_module(logits)
         self.backend, self.N = get_backend(logits), logits.shape[0]
-        losses, self.probs = self.backend.cross_entropy_forward(logits, *self._targets())
+        losses, self.probs, row_weight = self.backend.cross_entropy_forward(
+            logits, *self._targets()
+        )
         if self.reduction == "none":
             return losses
         total = xp.asarray(losses.sum(), dtype=logits.dtype)
         if self.reduction == "sum":
             return total
         # 'mean': the sum over the weight of the rows that count (w[label] of
-        # each row not ignored; ignore_index itself may be no class at all).
-        counted = self.labels != self.ignore_index
-        row_weight = self.weight[xp.where(counted, self.labels, 0)] * counted
+        # each row not ignored, 0 for an ignored one: row_weight).
         self.total_weight = xp.asarray(row_weight.sum(), dtype=logits.dtype)
         with np.errstate(invalid="ignore"):  # nothing counted: NaN, as PyTorch (and no warning)
             return xp.asarray(total / self.total_weight)
@@ -935,9 +937,10 @@ class CrossEntropyFunction(Function):
         probs = e / e.sum(1, keepdim=True)
         counted = self.labels != self.ignore_index
         y = xp.where(counted, self.labels, 0)
+        w = xp.ones(K, dtype=logits.dtype) if self.weight is None else self.weight
         q = xp.zeros((N, K), dtype=logits.dtype)
-        q[xp.arange(N), y] = (1 - self.label_smoothing) * self.weight[y]
-        q += (self.label_smoothing / K) * self.weight
+        q[xp.arange(N), y] = (1 - self.label_smoothing) * w[y]
+        q += (self.label_smoothing / K) * w
         q *= counted[:, None]
         row_grad = gloss.reshape(-1, 1) if self.reduction == "none" else gloss
         if self.reduction == "mean":
@@ -1004,9 +1007,8 @@ def cross_entropy(
         raise TypeError(f"{op}: label_smoothing must be a float, got {label_smoothing!r}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing!r}")
-    if weight is None:
-        w = xp.ones(K, dtype=logits.dtype)
-    else:
+    w = None  # no class weights: every class weighs 1
+    if weight is not None:
         w = weight.data if isinstance(weight, Tensor) else weight
         if not hasattr(w, "dtype"):
             raise TypeError(f"{op}: weight must be an array or a Tensor, got {type(w).__name__}")

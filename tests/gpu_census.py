@@ -40,7 +40,7 @@ from minires.backends.device import to_device  # noqa: E402
 from minires.models import get_model, list_models  # noqa: E402
 from minires.train.build import build_optimizer  # noqa: E402
 from minires.train.config import TrainConfig  # noqa: E402
-from minires.train.step import train_step  # noqa: E402
+from minires.train.step import StepResult, train_step  # noqa: E402
 
 # Image size each kind of model is built for, and the size the census uses
 # for it unless --size says otherwise.
@@ -65,11 +65,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run_step(model: mr.nn.Module, opt, sched, images: np.ndarray, labels: np.ndarray) -> float:
-    """One step as the Trainer runs it: copy the batch over, train_step, the schedule's step."""
+def run_step(model: mr.nn.Module, opt, sched, images: np.ndarray, labels: np.ndarray) -> StepResult:
+    """One step as the Trainer runs it: copy the batch over, train_step, the
+    schedule's step. Returns train_step's StepResult, its loss still on the
+    device (reading it is a host sync, which the caller makes after counting)."""
     result = train_step(model, opt, to_device(images, "cuda"), to_device(labels, "cuda"))
     sched.step()
-    return result.loss
+    return result
 
 
 def census(args: argparse.Namespace) -> dict:
@@ -95,9 +97,10 @@ def census(args: argparse.Namespace) -> dict:
         images, labels = batch(args.batch)
         gpu.counts.reset()
         start = time.perf_counter()
-        loss = run_step(model, opt, sched, images, labels)
+        step = run_step(model, opt, sched, images, labels)
         seconds = time.perf_counter() - start
         counts = gpu.counts.snapshot()
+        loss = step.loss  # a host sync, after the snapshot: not the step's
     full_images = images.nbytes // (size * size) * FULL_SIZE[kind] ** 2
     result = {
         "model": args.model,

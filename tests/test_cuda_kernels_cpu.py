@@ -406,23 +406,48 @@ def test_cross_entropy_extreme_logits(kernels, dtype):
     labels = np.array([1, 2])
     targets = (labels, np.ones(3, dtype), -100, 0.1)
     with harness.cpu_cuda_backend(cuda_backend, kernels):
-        loss, probs = cuda_backend.cross_entropy_forward(logits, *targets)
-    loss_np, probs_np = numpy_backend.cross_entropy_forward(logits, *targets)
+        loss, probs, _ = cuda_backend.cross_entropy_forward(logits, *targets)
+    loss_np, probs_np, _ = numpy_backend.cross_entropy_forward(logits, *targets)
     assert np.isfinite(loss).all() and loss.dtype == dtype and loss.shape == (2,)
     np.testing.assert_allclose(loss, loss_np, rtol=1e-6)
     np.testing.assert_allclose(probs, probs_np, atol=1e-7)
 
 
-def test_cross_entropy_bad_label_gives_nan(kernels):
+@pytest.mark.parametrize("w", [np.array([2.0, 1.0, 1.0]), None], ids=["weighted", "no weight"])
+def test_cross_entropy_bad_label_gives_nan(kernels, w):
     """An out-of-range label (not ignore_index) is never used as an index: its
-    row's loss and gradient are NaN, not a stray read; an ignored row gives 0."""
-    logits, w = np.zeros((3, 3)), np.ones(3)
+    row's loss, weight and gradient are NaN, not a stray read; an ignored row
+    gives 0."""
+    logits = np.zeros((3, 3))
     labels = np.array([0, 3, -100])
     with harness.cpu_cuda_backend(cuda_backend, kernels):
-        loss, probs = cuda_backend.cross_entropy_forward(logits, labels, w, -100, 0.0)
-        g = cuda_backend.cross_entropy_backward(probs, labels, w, -100, 0.0, np.ones(3))
+        loss, probs, row_weight = cuda_backend.cross_entropy_forward(logits, labels, w, -100, 0.1)
+        g = cuda_backend.cross_entropy_backward(probs, labels, w, -100, 0.1, np.ones(3))
     assert np.isfinite(loss[0]) and np.isnan(loss[1]) and loss[2] == 0
+    assert row_weight[0] == (1.0 if w is None else 2.0)
+    assert np.isnan(row_weight[1]) and row_weight[2] == 0
     assert np.isfinite(g[0]).all() and np.isnan(g[1]).all() and (g[2] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_cross_entropy_no_weight_is_all_ones(kernels, dtype):
+    """weight=None is read as K ones, by both kernels (the forward's smoothing
+    term and the backward's sum of the weights, which is then K), with label
+    smoothing so that every weight is used."""
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((4, 5)).astype(dtype)
+    labels, grads = np.array([1, -100, 4, 0]), rng.uniform(0.5, 2.0, 4).astype(dtype)
+    runs = []
+    with harness.cpu_cuda_backend(cuda_backend, kernels):
+        for w in (None, np.ones(5, dtype)):
+            loss, probs, row_weight = cuda_backend.cross_entropy_forward(
+                logits, labels, w, -100, 0.3
+            )
+            g = cuda_backend.cross_entropy_backward(probs, labels, w, -100, 0.3, grads)
+            runs.append((loss, probs, row_weight, g))
+    for none, ones in zip(*runs):
+        np.testing.assert_array_equal(none, ones)
+    np.testing.assert_array_equal(runs[0][2], [1, 0, 1, 1])
 
 
 def test_empty_outputs_launch_nothing(kernels):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -612,17 +613,21 @@ def test_census_counts_depend_on_the_structure_only(compiled, capsys):
         assert "host syncs" in output and "layout copies" in output
         runs.append(json.loads(output.strip().splitlines()[-1]))
     keys = ("launches", "host_syncs", "layout_copies", "kernel_events", "cublas_events")
-    # (host_syncs: the script's own read of the loss; a training step makes none)
-    assert all(runs[0][k] > 0 for k in keys if k != "host_syncs")
+    assert all(runs[0][k] > 0 for k in ("launches", "kernel_events", "cublas_events"))
+    assert runs[0]["host_syncs"] == runs[0]["layout_copies"] == 0
     assert [runs[0][k] for k in keys] == [runs[1][k] for k in keys]
+    assert all(np.isfinite(run["loss"]) for run in runs)  # read after the counting
     assert runs[1]["bytes_moved"] > runs[0]["bytes_moved"]  # the images are larger
 
 
 def test_census_of_a_resnet20_step(compiled):
     """What issue 16 asked of the GPU path, for the kernels' part: SGD in one
     launch, BatchNorm's ReLUs fused (only the 9 after a residual add remain),
-    two launches per BatchNorm and direction, no layout copy, and no more
-    launches than measured when this was written (docs/benchmarks.md)."""
+    two launches per BatchNorm and direction, no layout copy, no host sync,
+    the cross-entropy's mean in 4 launches forward (its kernel, the sums of
+    the losses and of the rows' weights, the divide) and 2 backward (the
+    mean's gradient, its kernel), and no more launches than measured when
+    this was written (docs/benchmarks.md)."""
     import gpu_census
 
     args = gpu_census.parse_args(["--model", "resnet20", "--batch", "2", "--size", "8"])
@@ -636,7 +641,12 @@ def test_census_of_a_resnet20_step(compiled):
     for kernel in ("stats", "apply", "backward_reduce", "backward_apply"):
         assert what[f"batch_norm_{kernel}<float>"] == 19
     assert result["layout_copies"] == 0
-    assert result["launches"] <= 262
+    assert result["host_syncs"] == 0
+    asked_by = Counter(site.split(" < ")[0].split(":")[1] for site in sites.elements())
+    assert asked_by["CrossEntropyFunction.forward"] == 3
+    assert asked_by["CrossEntropyFunction.backward"] == 1
+    assert what["cross_entropy_forward<float>"] == what["cross_entropy_backward<float>"] == 1
+    assert result["launches"] <= 250
 
 
 # --------------------------------------------------------------------------

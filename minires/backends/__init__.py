@@ -59,12 +59,19 @@ memory. Every function keeps its input's layout.
         padding counts in the divisor (PyTorch's count_include_pad=True).
     avg_pool_backward(gy, x_shape, kh, kw, sh, sw, ph, pw) -> gx
 
-    cross_entropy_forward(logits, labels) -> (loss, probs)
-        logits: (N, K) float; labels: (N,) int64/int32 in [0, K).
-        loss: 0-d array, mean over N of -log softmax(logits)[n, labels[n]],
-        computed with log-sum-exp; probs: (N, K) softmax.
-    cross_entropy_backward(probs, labels, gloss) -> glogits
-        glogits = (probs - onehot(labels)) * gloss / N.
+    cross_entropy_forward(logits, labels, weight, ignore_index, label_smoothing)
+            -> (losses, probs, row_weight)
+        logits: (N, K) float; labels: (N,) int64 in [0, K) or ignore_index;
+        weight: (K,) class weights, or None for all ones. losses: (N,), each
+        row's loss, PyTorch's formula with the weights and label smoothing e,
+        computed with log-sum-exp, 0 for an ignored row; probs: (N, K)
+        softmax; row_weight: (N,), w[labels[n]], 0 for an ignored row, so
+        that the 'mean' reduction is losses.sum() / row_weight.sum().
+    cross_entropy_backward(probs, labels, weight, ignore_index, label_smoothing,
+                           grad_losses) -> glogits
+        grad_losses: (N,) or one value for every row. glogits: (N, K), each
+        row (sum(q) * probs - q) * grad_losses[n] for its target weights
+        q = (1 - e) * w[y] * onehot(y) + (e / K) * w; 0 for an ignored row.
 
 All output sizes follow OH = (H + 2*ph - kh) // sh + 1.  Every function keeps
 the dtype of its floating inputs (float32 stays float32).

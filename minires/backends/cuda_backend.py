@@ -738,14 +738,17 @@ def _labels(labels: Any, N: int) -> Any:
 
 
 def cross_entropy_forward(
-    logits: Any, labels: Any, weight: Any, ignore_index: int, label_smoothing: float
-) -> tuple[Any, Any]:
-    """logits (N, K), labels (N,), weight (K,) -> (losses (N,), probs (N, K) softmax).
+    logits: Any, labels: Any, weight: Any | None, ignore_index: int, label_smoothing: float
+) -> tuple[Any, Any, Any]:
+    """logits (N, K), labels (N,), weight (K,) or None (all ones) ->
+    (losses (N,), probs (N, K) softmax, row_weight (N,)).
 
     Each row's loss by PyTorch's formula (numpy_backend.cross_entropy_forward),
-    by log-sum-exp; 0 where the label is ignore_index. One thread per row
-    writes the row's probabilities and loss. A label outside [0, K) that is
-    not ignore_index makes its loss NaN (the kernel never indexes with it).
+    by log-sum-exp; 0 where the label is ignore_index. row_weight[n] is the
+    row's weight in a mean, w[labels[n]], 0 for an ignored row. One thread per
+    row writes the row's probabilities, loss and weight. A label outside
+    [0, K) that is not ignore_index makes its loss and weight NaN (the kernel
+    never indexes with it).
     """
     cp = _cupy()
     logits = _float_array(logits, "cross_entropy_forward: logits")
@@ -754,40 +757,44 @@ def cross_entropy_forward(
     if K == 0:
         raise ValueError("cross_entropy_forward: logits must have at least one class (K >= 1)")
     labels = _labels(labels, N)
-    weight = _float_array(weight, "cross_entropy_forward: weight", T)
-    if weight.shape != (K,):
-        raise ValueError(
-            f"cross_entropy_forward: weight must have shape ({K},), got {weight.shape}"
-        )
+    weight = _class_weights(weight, K, T, "cross_entropy_forward")
     probs = cp.empty((N, K), dtype=T)
     losses = cp.empty(N, dtype=T)
+    row_weight = cp.empty(N, dtype=T)
     _check_size(logits.size)
-    args = (*_ints(N, K), np.int64(ignore_index), T.type(label_smoothing))
-    _launch("cross_entropy_forward", T, N, (logits, labels, weight, probs, losses, *args))
-    return losses, probs
+    weighted = weight is not None
+    if not weighted:
+        weight = logits  # unread: every weight is 1
+    args = (*_ints(N, K, weighted), np.int64(ignore_index), T.type(label_smoothing))
+    _launch(
+        "cross_entropy_forward", T, N, (logits, labels, weight, probs, losses, row_weight, *args)
+    )
+    return losses, probs, row_weight
 
 
 def cross_entropy_backward(
     probs: Any,
     labels: Any,
-    weight: Any,
+    weight: Any | None,
     ignore_index: int,
     label_smoothing: float,
     grad_losses: Any,
 ) -> Any:
     """glogits (N, K) for grad_losses (N,), the gradient of each row's loss:
     (sum(q) * probs - q) * grad_losses for the row's target weights q, 0 for
-    an ignored row (numpy_backend.cross_entropy_backward).
+    an ignored row (numpy_backend.cross_entropy_backward). weight (K,), or
+    None for all ones.
 
     grad_losses and the sum of the weights stay on the GPU: the kernel reads
-    them from memory, so the host never waits for their values.
+    them from memory, so the host never waits for their values. Without
+    weights that sum is K, and no launch computes it.
     """
     cp = _cupy()
     probs = _float_array(probs, "cross_entropy_backward: probs")
     T = probs.dtype
     N, K = probs.shape
     labels = _labels(labels, N)
-    weight = _float_array(weight, "cross_entropy_backward: weight", T)
+    weight = _class_weights(weight, K, T, "cross_entropy_backward")
     grad_losses = cp.asarray(grad_losses, dtype=T)
     if grad_losses.ndim == 1 and grad_losses.size > 1 and grad_losses.strides[0] == 0:
         grad_losses = grad_losses[:1]  # one value broadcast to every row: read it once
@@ -798,16 +805,30 @@ def cross_entropy_backward(
             f"got {grad_losses.shape}"
         )
     grad_losses = _float_array(grad_losses.reshape(-1), "cross_entropy_backward: grad")
-    weight_sum = cp.asarray(weight.sum(), dtype=T).reshape(1)
     glogits = cp.empty((N, K), dtype=T)
-    args = (*_ints(N, K), np.int64(ignore_index), T.type(label_smoothing), *_ints(grad_stride))
+    weighted = weight is not None
+    if weighted:
+        weight_sum = cp.asarray(weight.sum(), dtype=T).reshape(1)
+    else:
+        weight = weight_sum = probs  # unread: every weight is 1, their sum K
+    args = (*_ints(N, K, weighted), np.int64(ignore_index), T.type(label_smoothing))
     _launch(
         "cross_entropy_backward",
         T,
         probs.size,
-        (probs, labels, weight, weight_sum, grad_losses, glogits, *args),
+        (probs, labels, weight, weight_sum, grad_losses, glogits, *args, *_ints(grad_stride)),
     )
     return glogits
+
+
+def _class_weights(weight: Any | None, K: int, T: np.dtype, op: str) -> Any | None:
+    """The K class weights as a contiguous array of dtype T, or None (all ones)."""
+    if weight is None:
+        return None
+    weight = _float_array(weight, f"{op}: weight", T)
+    if weight.shape != (K,):
+        raise ValueError(f"{op}: weight must have shape ({K},), got {weight.shape}")
+    return weight
 
 
 # --------------------------------------------------------------------------

@@ -482,36 +482,43 @@ def avg_pool_backward(
 def cross_entropy_forward(
     logits: np.ndarray,
     labels: np.ndarray,
-    weight: np.ndarray,
+    weight: np.ndarray | None,
     ignore_index: int,
     label_smoothing: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row losses (N,) and the softmax probs (N, K), PyTorch's formula:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row losses (N,), the softmax probs (N, K) and each row's weight in
+    a mean (N,), PyTorch's formula:
 
         loss[n] = -(1 - e) * w[y] * log p[n, y] - (e / K) * sum_k w[k] * log p[n, k]
+        row_weight[n] = w[y]
 
-    with y = labels[n], e = label_smoothing, w the class weights (ones for
-    none), and loss[n] = 0 where y == ignore_index. (The first term alone is
-    the plain cross-entropy; the second spreads weight e over all K classes.)
+    with y = labels[n], e = label_smoothing, w the class weights (K,) (all
+    ones when weight is None), and loss[n] = row_weight[n] = 0 where
+    y == ignore_index. (The first term alone is the plain cross-entropy; the
+    second spreads weight e over all K classes.) A 'mean' is
+    sum(loss) / sum(row_weight).
     """
     # log softmax = z - log(sum(exp(z))) with z = logits - max: exp never
     # overflows and the largest term is exp(0) = 1, so the log is finite.
     N, K = logits.shape
+    w = _class_weights(weight, K, logits.dtype)
     z = logits - logits.max(axis=1, keepdims=True)
     log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     ignored = labels == ignore_index
     y = np.where(ignored, 0, labels)  # an index even where ignored: its row is zeroed below
-    losses = -(1 - label_smoothing) * weight[y] * log_probs[np.arange(N), y]
+    row_weight = w[y]
+    losses = -(1 - label_smoothing) * row_weight * log_probs[np.arange(N), y]
     if label_smoothing:
-        losses -= (label_smoothing / K) * (log_probs @ weight)
+        losses -= (label_smoothing / K) * (log_probs @ w)
     losses[ignored] = 0
-    return losses, np.exp(log_probs)
+    row_weight[ignored] = 0
+    return losses, np.exp(log_probs), row_weight
 
 
 def cross_entropy_backward(
     probs: np.ndarray,
     labels: np.ndarray,
-    weight: np.ndarray,
+    weight: np.ndarray | None,
     ignore_index: int,
     label_smoothing: float,
     grad_losses: np.ndarray,
@@ -520,16 +527,22 @@ def cross_entropy_backward(
 
     Row n's loss is -sum_k q[k] * log p[k] for the target weights
     q = (1 - e) * w[y] * onehot(y) + (e / K) * w, so its gradient is
-    sum(q) * p - q; an ignored row gets 0.
+    sum(q) * p - q; an ignored row gets 0. weight (K,), or None: all ones.
     """
     N, K = probs.shape
+    w = _class_weights(weight, K, probs.dtype)
     ignored = labels == ignore_index
     y = np.where(ignored, 0, labels)
-    target = (1 - label_smoothing) * weight[y]  # q[n, y]
-    total = target + (label_smoothing / K) * weight.sum()  # sum(q) of each row
+    target = (1 - label_smoothing) * w[y]  # q[n, y]
+    total = target + (label_smoothing / K) * w.sum()  # sum(q) of each row
     g = probs * total[:, None]
     g[np.arange(N), y] -= target
     if label_smoothing:
-        g -= (label_smoothing / K) * weight
+        g -= (label_smoothing / K) * w
     g *= np.where(ignored, 0, grad_losses)[:, None]
     return g
+
+
+def _class_weights(weight: np.ndarray | None, K: int, dtype: np.dtype) -> np.ndarray:
+    """The K class weights: ``weight``, or ones when it is None."""
+    return np.ones(K, dtype) if weight is None else weight

@@ -347,17 +347,23 @@ class BackendChecks:
         ignore_index: int = -100,
     ):
         """A fraction ``ignored`` of the rows have ignore_index as their label
-        (it is then cast to label_dtype, so it may wrap to a positive value)."""
+        (it is then cast to label_dtype, so it may wrap to a positive value).
+        Without ``weighted`` the weight is None (all ones), the kernels' other
+        path. Each row's weight in the mean is also checked written out:
+        w[label], 0 for an ignored row."""
         logits = (rng.standard_normal((N, K)) * scale).astype(dtype)
         labels = rng.integers(0, K, N)
         labels[rng.random(N) < ignored] = ignore_index
         labels = labels.astype(label_dtype)
         ignore_index = int(np.asarray(ignore_index).astype(label_dtype))
-        weight = rng.uniform(0.2, 3.0, K) if weighted else np.ones(K)
-        targets = (labels, weight.astype(dtype), ignore_index, label_smoothing)
-        _, probs = self._compare(
-            "cross_entropy_forward", logits, *targets, outputs=("losses", "probs")
+        weight = rng.uniform(0.2, 3.0, K).astype(dtype) if weighted else None
+        targets = (labels, weight, ignore_index, label_smoothing)
+        _, probs, row_weight = self._compare(
+            "cross_entropy_forward", logits, *targets, outputs=("losses", "probs", "row_weight")
         )
+        counted = labels != ignore_index
+        w_label = np.ones(N, dtype) if weight is None else weight[np.where(counted, labels, 0)]
+        np.testing.assert_array_equal(row_weight, np.where(counted, w_label, 0).astype(dtype))
         grad_losses = rng.uniform(0.5, 2.0, N).astype(dtype)
         self._compare("cross_entropy_backward", probs, *targets, grad_losses)
 
