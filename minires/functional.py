@@ -374,6 +374,11 @@ class BatchNormFunction(Function):
         if relu:  # backward reads the output, as ReLUFunction's does
             self.saved_outputs = (0,)
 
+    @property
+    def graph_label(self) -> str:
+        """What mr.viz writes on this node: the fused ReLU is named."""
+        return "BatchNormFunction + ReLU" if self.relu else "BatchNormFunction"
+
     def forward(self, x: Array, gamma: Array, beta: Array) -> Array:
         xp = get_array_module(x)
         C = x.shape[1]

@@ -4,7 +4,8 @@
 made a tensor) and ``.inputs`` (the tensors that Function read): the graph
 that ``y.backward()`` walks. It returns Graphviz dot source, a plain string:
 a box for each tensor (its name if you give one, its shape and dtype), an
-ellipse for each Function (its class name), and edges input -> Function ->
+ellipse for each Function (its class name, or its ``graph_label``, e.g.
+"BatchNormFunction + ReLU" for the fused op), and edges input -> Function ->
 output. A tensor used twice, like ``x`` in the residual fork
 ``y = F(x) + x``, is one box with two outgoing edges (drawn in red).
 ``render(y, "graph.svg")`` turns that text into a picture with Graphviz::
@@ -196,7 +197,7 @@ def to_dot(
     for f in functions:
         lines.append(
             f"  {node_id[id(f)]} [shape=ellipse, style=filled, fillcolor=lightgrey, "
-            f"label={_label(type(f).__name__)}];"
+            f"label={_label(getattr(f, 'graph_label', type(f).__name__))}];"
         )
     for source, target, i in edges:
         attrs = []

@@ -67,6 +67,7 @@ REQUIRED_IN_CI = (
     "safetensors",
     "mpi4py",
     "PIL",  # installed as Pillow
+    "tqdm",
 )
 
 # Where a package is installed under another name than the one it is imported by.

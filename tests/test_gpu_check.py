@@ -194,8 +194,18 @@ def test_bench_turns_pytorchs_tf32_off_for_the_comparison(gpu, capsys, monkeypat
         return step, step, lambda: None
 
     monkeypatch.setattr(bench, "_torch_runner", fake_torch_runner)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # PyTorch's default
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    # PyTorch's switches are properties of module objects that newer pytest's
+    # monkeypatch cannot undo (it deletes them): saved and restored by hand.
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (matmul.allow_tf32, cudnn.allow_tf32)
+    cudnn.allow_tf32, matmul.allow_tf32 = True, False  # PyTorch's defaults
+    try:
+        _check_bench_precision(capsys, torch, seen)
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved
+
+
+def _check_bench_precision(capsys, torch, seen) -> None:
     r = _bench(capsys)
     assert set(seen) == {(False, False)}
     assert (r["torch_matmul_tf32"], r["torch_cudnn_tf32"], r["minires_tf32"]) == (0, 0, 0)

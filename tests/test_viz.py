@@ -172,11 +172,13 @@ def test_basic_block_named_by_its_parameters(rng):
     names = {p: n for n, p in block.named_parameters()} | {x: "x"}
     nodes, edges = parse(viz.to_dot(loss, names=names))
     functions = sorted(label for n, label in nodes.items() if n[0] == "f")
+    # bn1's ReLU is fused into it (F.batch_norm_relu); the one after the add is not
     assert functions == sorted(
-        ["Conv2dFunction", "BatchNormFunction", "ReLUFunction"] * 2 + ["Add", "Sum"]
+        ["Conv2dFunction"] * 2
+        + ["BatchNormFunction + ReLU", "BatchNormFunction", "Add", "ReLUFunction", "Sum"]
     )
-    assert len(nodes) - len(functions) == 15  # 7 named, 7 between, the loss
-    assert len(edges) == 15 + 8  # inputs: conv 2, BN 3, ReLU 1, twice, Add 2, Sum 1
+    assert len(nodes) - len(functions) == 14  # 7 named, 6 between, the loss
+    assert len(edges) == 14 + 7  # inputs: conv 2 twice, BN 3 twice, Add 2, ReLU 1, Sum 1
     named = {label.split("\\n")[0] for label in nodes.values() if not label.startswith("(")}
     assert named >= {"x", "conv1.weight", "bn1.weight", "bn1.bias", "conv2.weight", "bn2.bias"}
     x_node = node_named(nodes, "x")
