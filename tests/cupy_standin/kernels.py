@@ -57,10 +57,17 @@ def prebuild(paths: list[Path], folder: Path | None = None) -> None:
     folder: where to build it; when it already holds the library (built by
     the test that started this process, from the same sources), it is loaded.
     """
+    if folder is not None and not (folder / harness.LIBRARY_NAME).exists():
+        # Built there even if this process has them already: the processes
+        # the test starts next load the library from the folder.
+        library = harness.build_library(folder, paths)
+        for p in paths:
+            _LIBRARIES.setdefault(_key(p.read_text()), library)
+        return
     todo = [p for p in paths if _key(p.read_text()) not in _LIBRARIES]
     if not todo:
         return
-    if folder is not None and (folder / harness.LIBRARY_NAME).exists():
+    if folder is not None:
         library = harness.load_library(folder, todo)
     else:
         library = harness.build_library(folder or _build_dir() / f"lib{len(_LIBRARIES)}", todo)
