@@ -27,9 +27,10 @@
 # installed by `pip install "minires[dist]"`. Where MPI cannot start, the
 # cells that need it say why and skip.
 #
-# *Runtime* (measured on a 2-core CPU shared with other work, load average
-# about 8): 58 s in full mode, 10 s in quick mode. Its measurements of
-# speed are only as steady as the machine they run on (section 8.4).
+# *Runtime* (measured on a 2-core CPU): about 11 s in full mode and 10 s in
+# quick mode with little else running, up to a minute when other work
+# shares the cores. Its measurements of speed are only as steady as the
+# machine they run on (section 8.4).
 
 # %%
 import json
