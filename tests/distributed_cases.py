@@ -97,6 +97,28 @@ def sync_bn_layer_case(comm: Any) -> dict[str, np.ndarray]:
     }
 
 
+def check_sync_bn_layer_equals_batchnorm_on_the_union(got: list[dict], tol: float) -> None:
+    """What the ranks' sync_bn_layer_case saved equals one BatchNorm2d on the
+    whole batch: outputs and input gradients side by side, gamma/beta
+    gradients once summed, and the union's running statistics on every rank."""
+    rng = np.random.default_rng(2)  # sync_bn_layer_case's draws
+    x = rng.normal(3.0, 1.5, size=(WORLD * 3, 5, 4, 3))
+    w = rng.normal(size=x.shape)
+    bn = mr.nn.BatchNorm2d(5).to(np.float64)
+    bn.weight.data[:] = rng.normal(size=5)
+    bn.bias.data[:] = rng.normal(size=5)
+    xt = mr.Tensor(x, requires_grad=True)
+    yt = bn(xt)
+    (yt * mr.Tensor(w)).sum().backward()
+    assert np.abs(np.concatenate([g["y"] for g in got]) - yt.data).max() < tol
+    assert np.abs(np.concatenate([g["gx"] for g in got]) - xt.grad).max() < tol
+    assert np.abs(sum(g["ggamma"] for g in got) - bn.weight.grad).max() < tol
+    assert np.abs(sum(g["gbeta"] for g in got) - bn.bias.grad).max() < tol
+    for g in got:
+        assert np.abs(g["running_mean"] - bn.running_mean).max() < tol
+        assert np.abs(g["running_var"] - bn.running_var).max() < tol
+
+
 def directional_check(comm: Any, eps: float = 1e-6) -> dict[str, float]:
     """<grad, v> against a central difference of the loss *summed over the ranks*.
 

@@ -87,23 +87,7 @@ def test_plain_bn_differs_by_what_per_shard_statistics_predict(ranks):
 
 
 def test_sync_bn_layer_on_shards_equals_batchnorm_on_the_union(ranks):
-    rng = np.random.default_rng(2)  # the draws of distributed_cases.sync_bn_layer_case
-    x = rng.normal(3.0, 1.5, size=(cases.WORLD * 3, 5, 4, 3))
-    w = rng.normal(size=x.shape)
-    bn = mr.nn.BatchNorm2d(5).to(np.float64)
-    bn.weight.data[:] = rng.normal(size=5)
-    bn.bias.data[:] = rng.normal(size=5)
-    xt = mr.Tensor(x, requires_grad=True)
-    yt = bn(xt)
-    (yt * mr.Tensor(w)).sum().backward()
-    got = ranks["layer"]
-    assert np.abs(np.concatenate([g["y"] for g in got]) - yt.data).max() < TOL
-    assert np.abs(np.concatenate([g["gx"] for g in got]) - xt.grad).max() < TOL
-    assert np.abs(sum(g["ggamma"] for g in got) - bn.weight.grad).max() < TOL
-    assert np.abs(sum(g["gbeta"] for g in got) - bn.bias.grad).max() < TOL
-    for g in got:  # the running statistics of the union, on every rank
-        assert np.abs(g["running_mean"] - bn.running_mean).max() < TOL
-        assert np.abs(g["running_var"] - bn.running_var).max() < TOL
+    cases.check_sync_bn_layer_equals_batchnorm_on_the_union(ranks["layer"], TOL)
 
 
 def test_sync_bn_gradient_matches_finite_differences_across_ranks(ranks):

@@ -44,7 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cupy_standin  # noqa: E402
 from cuda_harness import harness  # noqa: E402
 
-import minires as mr  # noqa: E402
 from minires import distributed as dist  # noqa: E402
 from minires.backends import nccl as nccl_backend  # noqa: E402
 from minires.checkpoint import load_checkpoint  # noqa: E402
@@ -93,24 +92,8 @@ def check_step_equals_one_cpu_process(ranks: dict) -> None:
 
 def check_sync_bn_layer_equals_batchnorm_on_the_union(ranks: dict) -> None:
     """The layer case of test_distributed_mpi.py, on the GPU; the layer made the group NCCL."""
-    rng = np.random.default_rng(2)  # the draws of distributed_cases.sync_bn_layer_case
-    x = rng.normal(3.0, 1.5, size=(cases.WORLD * 3, 5, 4, 3))
-    w = rng.normal(size=x.shape)
-    bn = mr.nn.BatchNorm2d(5).to(np.float64)
-    bn.weight.data[:] = rng.normal(size=5)
-    bn.bias.data[:] = rng.normal(size=5)
-    xt = mr.Tensor(x, requires_grad=True)
-    yt = bn(xt)
-    (yt * mr.Tensor(w)).sum().backward()
-    got = ranks["layer"]
-    assert all(bool(g["group_is_nccl"]) for g in got)
-    assert np.abs(np.concatenate([g["y"] for g in got]) - yt.data).max() < TOL
-    assert np.abs(np.concatenate([g["gx"] for g in got]) - xt.grad).max() < TOL
-    assert np.abs(sum(g["ggamma"] for g in got) - bn.weight.grad).max() < TOL
-    assert np.abs(sum(g["gbeta"] for g in got) - bn.bias.grad).max() < TOL
-    for g in got:
-        assert np.abs(g["running_mean"] - bn.running_mean).max() < TOL
-        assert np.abs(g["running_var"] - bn.running_var).max() < TOL
+    assert all(bool(g["group_is_nccl"]) for g in ranks["layer"])
+    cases.check_sync_bn_layer_equals_batchnorm_on_the_union(ranks["layer"], TOL)
 
 
 def check_gradients_went_through_nccl(ranks: dict) -> None:
